@@ -1,0 +1,1 @@
+"""Pure, jit-able operations: no config objects, no I/O."""

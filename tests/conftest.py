@@ -1,0 +1,46 @@
+"""Test set-up: 8 simulated CPU devices and the location of the shared real data.
+
+The XLA flag must be set before JAX initialises its backend, so it is set here, at import time of
+the conftest, before any test module imports jax.
+"""
+import os
+import pathlib
+
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pytest  # noqa: E402
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+# Real data shipped beside the project (never copied into it); DSRG_SHARED_DATA overrides.
+SHARED_DATA = pathlib.Path(
+    os.environ.get("DSRG_SHARED_DATA", REPO_ROOT.parent / "shared" / "data")
+).resolve()
+
+
+def shared_path(*parts: str) -> pathlib.Path:
+    """Path under ../shared/data, or skip the calling test with the reason when it is absent."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"real data not found at {path} (set DSRG_SHARED_DATA to its folder)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def sec_cue_file() -> pathlib.Path:
+    """The official SEC/DSRG cue pickle (gzip, Python 2)."""
+    return shared_path("sec", "localization_cues.pickle.gz")
+
+
+@pytest.fixture(scope="session")
+def sec_input_list() -> pathlib.Path:
+    """The train_aug input list that indexes the cue file."""
+    return shared_path("sec", "input_list.txt")
+
+
+@pytest.fixture(scope="session")
+def voc_mini() -> pathlib.Path:
+    """16 real VOC 2012 images with ground truth, in VOCdevkit layout."""
+    return shared_path("voc_mini")
