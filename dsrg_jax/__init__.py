@@ -1,0 +1,30 @@
+"""dsrg_jax: Deep Seeded Region Growing (CVPR 2018) in JAX/Flax.
+
+Public API (stable): region growing, CAMs and seed cues, the DSRG / SEC losses and the metrics.
+All are pure functions over arrays, usable under `jax.jit`, `jax.vmap` and `jax.shard_map`.
+"""
+from dsrg_jax.ops.cam import class_activation_maps, seed_cues_from_cams
+from dsrg_jax.ops.grow import dsrg_grow
+from dsrg_jax.ops.losses import (balanced_seed_loss, constrain_loss,
+                                 multilabel_classification_loss, probs_from_logits,
+                                 sec_seed_loss)
+from dsrg_jax.ops.metrics import (confusion_matrix, cue_counts, cue_quality, iou_per_class,
+                                  mean_iou, pixel_accuracy)
+
+__all__ = [
+    "balanced_seed_loss",
+    "class_activation_maps",
+    "confusion_matrix",
+    "constrain_loss",
+    "cue_counts",
+    "cue_quality",
+    "dsrg_grow",
+    "iou_per_class",
+    "mean_iou",
+    "multilabel_classification_loss",
+    "pixel_accuracy",
+    "probs_from_logits",
+    "sec_seed_loss",
+    "seed_cues_from_cams",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,278 @@
+"""PASCAL VOC 2012 (+ SBD's SegmentationClassAug): the standard VOCdevkit layout, read directly.
+
+Layout (root = `VOCdevkit/VOC2012`, or `VOCdevkit` holding it):
+  JPEGImages/<id>.jpg
+  SegmentationClass/<id>.png        palette PNGs, indices 0..20, 255 = ignore
+  SegmentationClassAug/<id>.png     (optional) grey or palette PNGs, 12,031 train_aug + val ids
+  ImageSets/Segmentation/{train,val,trainval,test}.txt
+  ImageSets/SegmentationAug/train_aug.txt   (written by `python -m dsrg_jax.data.sbd`)
+  Annotations/<id>.xml              (optional) object names, for XML image-level labels
+
+train_aug = SBD train + SBD val + VOC train, minus VOC val: 10,582 ids (`derive_train_aug`).
+"""
+from __future__ import annotations
+
+import pathlib
+import xml.etree.ElementTree as ET
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+
+from dsrg_jax.data.files import PathLike, read_id_list, read_image, read_label_png
+from dsrg_jax.data.records import (
+    CueSource,
+    DatasetError,
+    Problem,
+    Record,
+    labels_from_mask,
+    lookup_cues,
+)
+from dsrg_jax.data.saliency import SaliencyDir
+
+VOC_CLASSES = (
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
+    "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
+    "train", "tvmonitor",
+)  # index = class id in the masks; 0 = background
+NUM_VOC_CLASSES = len(VOC_CLASSES)  # 21
+
+
+def find_voc_root(root: PathLike) -> pathlib.Path:
+    """The VOC2012 folder: `root` itself if it holds JPEGImages, else `root/VOC2012`."""
+    root = pathlib.Path(root)
+    for cand in (root, root / "VOC2012"):
+        if (cand / "JPEGImages").is_dir():
+            return cand
+    raise DatasetError(
+        f"{root}: not a VOC 2012 folder (no JPEGImages/ in it or in VOC2012/); download "
+        "VOCtrainval_11-May-2012.tar and pass its VOCdevkit/VOC2012 folder"
+    )
+
+
+def derive_train_aug(
+    voc_train: Iterable[str], voc_val: Iterable[str], sbd_train: Iterable[str],
+    sbd_val: Iterable[str],
+) -> list[str]:
+    """train_aug = (SBD train | SBD val | VOC train) - VOC val, sorted (the standard 10,582 ids)."""
+    ids = (set(sbd_train) | set(sbd_val) | set(voc_train)) - set(voc_val)
+    return sorted(ids)
+
+
+def decode_int_id(key) -> str:
+    """IRN's int-encoded ids: 2007000032 -> '2007_000032'; string ids are returned unchanged."""
+    if isinstance(key, (int, np.integer)):
+        s = str(int(key))
+        return f"{s[:4]}_{s[4:]}"
+    return str(key)
+
+
+def load_cls_labels(path: PathLike, num_classes: int = NUM_VOC_CLASSES) -> dict[str, np.ndarray]:
+    """Reads an image-level labels file (`cls_labels.npy`: dict id -> float[C-1] or float[C]).
+
+    Keys may be strings ("2007_000032") or IRN's ints (2007000032). Vectors without background
+    (C-1 entries) get background prepended. Returns id -> bool[C] (channel 0 True).
+    """
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: labels file not found")
+    try:
+        obj = np.load(path, allow_pickle=True)
+        table = obj.item() if obj.dtype == object and obj.shape == () else None
+    except Exception as e:
+        raise DatasetError(f"{path}: cannot read labels file ({type(e).__name__}: {e})") from e
+    if not isinstance(table, dict):
+        raise DatasetError(f"{path}: expected a pickled dict id -> label vector (cls_labels.npy)")
+    out = {}
+    for key, vec in table.items():
+        vec = np.asarray(vec).reshape(-1)
+        if vec.shape[0] == num_classes - 1:
+            vec = np.concatenate([[1], vec])
+        elif vec.shape[0] != num_classes:
+            raise DatasetError(
+                f"{path}: label vector for {decode_int_id(key)!r} has {vec.shape[0]} entries, "
+                f"expected {num_classes - 1} (no background) or {num_classes}"
+            )
+        lab = vec > 0.5
+        lab[0] = True
+        out[decode_int_id(key)] = lab
+    return out
+
+
+def save_cls_labels(path: PathLike, labels: Mapping[str, np.ndarray]) -> None:
+    """Writes id -> float32[C-1] (no background, the WSSS convention) as a pickled dict .npy."""
+    table = {k: np.asarray(v[1:], np.float32) for k, v in labels.items()}
+    np.save(path, np.array(table, dtype=object), allow_pickle=True)
+
+
+def labels_from_xml(path: PathLike, class_names: Sequence[str] = VOC_CLASSES) -> np.ndarray:
+    """Image-level labels from a VOC Annotations XML file (every <object><name>). bool[C]."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: annotation XML not found")
+    try:
+        names = [o.findtext("name", "").strip() for o in ET.parse(path).getroot().iter("object")]
+    except ET.ParseError as e:
+        raise DatasetError(f"{path}: cannot parse annotation XML ({e})") from e
+    lab = np.zeros(len(class_names), bool)
+    lab[0] = True
+    index = {n: i for i, n in enumerate(class_names)}
+    for n in names:
+        if n not in index:
+            raise DatasetError(f"{path}: object name {n!r} is not a VOC class")
+        lab[index[n]] = True
+    return lab
+
+
+def derive_cls_labels(
+    mask_dir: PathLike, ids: Iterable[str], num_classes: int = NUM_VOC_CLASSES
+) -> dict[str, np.ndarray]:
+    """Image-level labels from the masks: id -> bool[C] (classes with a pixel, plus background)."""
+    mask_dir = pathlib.Path(mask_dir)
+    return {
+        i: labels_from_mask(read_label_png(mask_dir / f"{i}.png", num_classes), num_classes)
+        for i in ids
+    }
+
+
+class VOCSource:
+    """VOC 2012 images of one split as `Record`s.
+
+    Args:
+      root: VOCdevkit/VOC2012 (or VOCdevkit).
+      split: a split name ("train", "val", "trainval", "test" from ImageSets/Segmentation,
+        "train_aug" from ImageSets/SegmentationAug) or the path of an id list file.
+      masks: mask folder name under root; "auto" = SegmentationClassAug if present, else
+        SegmentationClass; None = no masks (test split).
+      labels: where image-level labels come from: "mask" (from the masks), "xml" (Annotations/),
+        a cls_labels.npy path, or a mapping id -> bool[C].
+      saliency: a SaliencyDir or a folder of greyscale PNGs named by id; None for none.
+      cues: seed cues by id (mapping or callable returning bool[h, w, C]); None for none.
+      image_ext: image file extension in JPEGImages/.
+      class_names: class names, index = mask value (default VOC's 21; e.g. DIGIT_CLASSES for an
+        exported digits tree).
+    """
+
+    def __init__(
+        self,
+        root: PathLike,
+        split: str | PathLike = "train",
+        *,
+        masks: str | None = "auto",
+        labels: str | PathLike | Mapping[str, np.ndarray] = "mask",
+        saliency: SaliencyDir | PathLike | None = None,
+        cues: CueSource = None,
+        image_ext: str = ".jpg",
+        class_names: Sequence[str] = VOC_CLASSES,
+    ):
+        self.class_names = tuple(class_names)
+        self.root = find_voc_root(root)
+        self.list_path = self._split_path(split)
+        self.ids = read_id_list(self.list_path)
+        self.image_ext = image_ext
+        self.num_classes = len(self.class_names)
+        if masks == "auto":
+            masks = "SegmentationClassAug"
+            if not (self.root / masks).is_dir():
+                masks = "SegmentationClass"
+        self.mask_dir = None if masks is None else self.root / masks
+        if self.mask_dir is not None and not self.mask_dir.is_dir():
+            raise DatasetError(f"{self.mask_dir}: mask folder not found")
+        self.labels_kind, self.labels_path, self.label_table = self._labels(labels)
+        self.saliency = (
+            saliency if isinstance(saliency, SaliencyDir) or saliency is None
+            else SaliencyDir(saliency)
+        )
+        self.cues = cues
+
+    def _split_path(self, split) -> pathlib.Path:
+        p = pathlib.Path(split)
+        if p.suffix == ".txt" or p.is_file():
+            return p
+        for sub in ("Segmentation", "SegmentationAug"):
+            cand = self.root / "ImageSets" / sub / f"{split}.txt"
+            if cand.is_file():
+                return cand
+        hint = " (make it with `python -m dsrg_jax.data.sbd`)" if split == "train_aug" else ""
+        raise DatasetError(
+            f"{self.root / 'ImageSets'}: no list for split {split!r} in Segmentation/ or "
+            f"SegmentationAug/{hint}"
+        )
+
+    def _labels(self, labels):
+        if isinstance(labels, Mapping):
+            return "mapping", None, {k: np.asarray(v, bool) for k, v in labels.items()}
+        if labels == "mask":
+            if self.mask_dir is None:
+                raise DatasetError("labels='mask' needs masks; this split has none (masks=None)")
+            return "mask", None, None
+        if labels == "xml":
+            return "xml", self.root / "Annotations", None
+        path = pathlib.Path(labels)
+        table = load_cls_labels(path, self.num_classes)
+        missing = [i for i in self.ids if i not in table]
+        if len(missing) == len(self.ids):
+            raise DatasetError(
+                f"{path}: labels file has none of the {len(self.ids)} ids of {self.list_path} "
+                f"(first: {self.ids[0]!r}); is it the labels file of another split?"
+            )
+        return "file", path, table
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def image_path(self, image_id: str) -> pathlib.Path:
+        return self.root / "JPEGImages" / f"{image_id}{self.image_ext}"
+
+    def mask_path(self, image_id: str) -> pathlib.Path | None:
+        return None if self.mask_dir is None else self.mask_dir / f"{image_id}.png"
+
+    def _image_labels(self, image_id: str, mask: np.ndarray | None) -> np.ndarray:
+        if self.labels_kind == "mask":
+            return labels_from_mask(mask, self.num_classes)
+        if self.labels_kind == "xml":
+            return labels_from_xml(self.labels_path / f"{image_id}.xml", self.class_names)
+        where = self.labels_path or "the labels mapping"
+        if image_id not in self.label_table:
+            raise DatasetError(
+                f"{where}: no image-level labels for {image_id!r} of {self.list_path}; "
+                "is it the labels file of another split?"
+            )
+        lab = self.label_table[image_id]
+        if lab.shape != (self.num_classes,):
+            raise DatasetError(f"{where}: labels of {image_id!r} have shape {lab.shape}, "
+                               f"expected ({self.num_classes},)")
+        return lab
+
+    def __getitem__(self, index: int) -> Record:
+        image_id = self.ids[index]
+        image = read_image(self.image_path(image_id))
+        mask = None
+        if self.mask_dir is not None:
+            mask = read_label_png(self.mask_path(image_id), self.num_classes)
+            if mask.shape != image.shape[:2]:
+                raise DatasetError(
+                    f"{self.mask_path(image_id)}: mask is {mask.shape[0]}x{mask.shape[1]} (HxW), "
+                    f"the image is {image.shape[0]}x{image.shape[1]}"
+                )
+        labels = self._image_labels(image_id, mask)
+        sal = None if self.saliency is None else self.saliency.load(image_id, image.shape[:2])
+        cues = lookup_cues(self.cues, image_id)
+        return Record(image_id, image, labels, mask=mask, cues=cues, saliency=sal)
+
+    def check_item(self, index: int) -> list[Problem]:
+        """The problem with item `index` ([] if none); reads (fully decodes) all its files."""
+        return check_by_loading(self, index)
+
+
+def check_by_loading(source, index: int) -> list[Problem]:
+    """Loads item `index` of a source; returns the first DatasetError/ValueError as [Problem]."""
+    image_id = source.ids[index]
+    try:
+        source[index]
+    except (DatasetError, ValueError) as e:
+        msg = str(e)
+        path, sep, problem = msg.partition(": ")
+        if not sep:
+            path, problem = "?", msg
+        return [Problem(image_id, path, problem)]
+    return []

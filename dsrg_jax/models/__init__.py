@@ -1,0 +1,78 @@
+"""Flax Linen models (NHWC): DeepLab-v2 segmentation nets and the VGG16 CAM classifier.
+
+Each model is used as a pure function over an explicit variable pytree:
+
+    model = DeepLabV2VGG16(num_classes=21)
+    variables, info = dsrg_jax.weights.init_model(model, rng, weights="vgg16-397923af.pth")
+    logits = model.apply(variables, info.input_convention.normalize(images_rgb))
+    logits = model.apply(variables, x, train=True, rngs={"dropout": key})  # dropout on
+
+`variables["params"]` is what is trained; `variables["batch_stats"]` (ResNet only) holds frozen
+batch-norm tensors and is never updated.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+from flax import linen as nn
+from flax import traverse_util
+
+from dsrg_jax.models.classifier import VGG16CAM
+from dsrg_jax.models.deeplab import ASPP_DILATIONS, DeepLabV2ResNet101, DeepLabV2VGG16
+from dsrg_jax.models.layers import (
+    FrozenBatchNorm,
+    caffe_avg_pool_same,
+    caffe_max_pool,
+    caffe_pool_output_size,
+)
+from dsrg_jax.models.resnet import ResNetTrunk
+from dsrg_jax.models.vgg16 import VGG16Trunk
+
+__all__ = [
+    "ASPP_DILATIONS",
+    "DeepLabV2ResNet101",
+    "DeepLabV2VGG16",
+    "FrozenBatchNorm",
+    "MODELS",
+    "ResNetTrunk",
+    "VGG16CAM",
+    "VGG16Trunk",
+    "caffe_avg_pool_same",
+    "caffe_max_pool",
+    "caffe_pool_output_size",
+    "classifier_mask",
+    "count_params",
+    "create_model",
+]
+
+# Model names for configs.
+MODELS: dict[str, type[nn.Module]] = {
+    "deeplab_vgg16": DeepLabV2VGG16,
+    "deeplab_resnet101": DeepLabV2ResNet101,
+    "cam_vgg16": VGG16CAM,
+}
+
+
+def create_model(name: str, *, num_classes: int, **kwargs: Any) -> nn.Module:
+    """Builds a model by config name (`MODELS`): e.g. `create_model("deeplab_vgg16", num_classes=21)`."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; expected one of {sorted(MODELS)}")
+    return MODELS[name](num_classes=num_classes, **kwargs)
+
+
+def classifier_mask(params: Any) -> Any:
+    """Pytree of bools like `params`: True for the new classifier layers (DeepLab's fc8).
+
+    These are the layers initialised N(0, 0.01) and, in the Caffe recipe, trained with lr x10
+    (weights) / x20 (biases). Every other leaf is False.
+    """
+    flat = traverse_util.flatten_dict(params)
+    mask = {path: "classifier" in path for path in flat}
+    return traverse_util.unflatten_dict(mask)
+
+
+def count_params(tree: Any) -> int:
+    """Number of scalars in a pytree of arrays (or of ShapeDtypeStructs)."""
+    return int(sum(np.prod(leaf.shape) for leaf in jax.tree.leaves(tree)))

@@ -1,0 +1,498 @@
+"""ImageNet weight import: torchvision `.pth`, torchvision- or timm-named `.safetensors`.
+
+    model = DeepLabV2VGG16(num_classes=21)
+    variables, info = init_model(model, jax.random.key(0), weights="vgg16-397923af.pth")
+    x = info.input_convention.normalize(images_rgb_0_255)   # float[B, H, W, 3]
+    logits = model.apply(variables, x)
+
+What is imported (everything else keeps its random init):
+- `DeepLabV2VGG16`: conv1_1..conv5_3 from VGG16's `features`; fc6/fc7 of every ASPP branch
+  from VGG16's first two fully connected layers, subsampled by DeepLab's "20M" recipe
+  (`deeplab_fc_from_vgg16`); classifiers stay N(0, 0.01).
+- `VGG16CAM`: conv1_1..conv5_3; conv6, conv7 and the classifier stay random.
+- `DeepLabV2ResNet101`: the whole ResNet-101 trunk (convolutions and frozen batch norm).
+
+The input convention comes with the weights (`InputConvention`): torchvision and timm ImageNet
+weights take RGB scaled to [0, 1] and normalised by the ImageNet mean/std; Caffe-converted
+weights take BGR 0-255 minus (104, 117, 123). Pass `input_convention="caffe"` for those, or
+store `{"input_convention": "caffe"}` in the `.safetensors` metadata.
+No network access: the files come from paths the user gives.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import re
+import warnings
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+from flax import traverse_util
+
+from dsrg_jax.models.classifier import VGG16CAM
+from dsrg_jax.models.deeplab import DeepLabV2ResNet101, DeepLabV2VGG16
+from dsrg_jax.models.vgg16 import TORCHVISION_VGG16_INDEX
+
+PathLike = str | os.PathLike
+
+
+# --------------------------------------------------------------------------- input conventions
+
+
+@dataclasses.dataclass(frozen=True)
+class InputConvention:
+    """How images must be prepared for a set of weights.
+
+    Attributes:
+      name: "torchvision" or "caffe".
+      channel_order: "RGB" or "BGR": order of the model's input channels.
+      mean, std: per input channel (in `channel_order`), on the 0-255 scale.
+    """
+
+    name: str
+    channel_order: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def normalize(self, images: Any) -> Any:
+        """RGB images, 0-255: float[..., 3] -> model input float32[..., 3].
+
+        NumPy in, NumPy out (for host pipelines); JAX in, JAX out.
+        """
+        xp = jnp if isinstance(images, jax.Array) else np
+        x = xp.asarray(images, dtype=xp.float32)
+        if x.shape[-1] != 3:
+            raise ValueError(f"images: expected float[..., 3] RGB, got shape {x.shape}")
+        if self.channel_order == "BGR":
+            x = x[..., ::-1]
+        return (x - xp.asarray(self.mean, xp.float32)) / xp.asarray(self.std, xp.float32)
+
+    def denormalize(self, x: Any) -> Any:
+        """Inverse of `normalize`: model input float[..., 3] -> RGB 0-255 float32[..., 3]."""
+        xp = jnp if isinstance(x, jax.Array) else np
+        x = xp.asarray(x, dtype=xp.float32) * xp.asarray(self.std, xp.float32)
+        x = x + xp.asarray(self.mean, xp.float32)
+        return x[..., ::-1] if self.channel_order == "BGR" else x
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# torchvision / timm ImageNet models: RGB in [0, 1], mean (0.485, 0.456, 0.406),
+# std (0.229, 0.224, 0.225) (torchvision.transforms docs), written here on the 0-255 scale.
+TORCHVISION = InputConvention(
+    "torchvision", "RGB", mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375)
+)
+# Caffe VGG16 / DeepLab / DSRG: BGR, 0-255, minus the mean (104, 117, 123) (DESIGN 2.2).
+CAFFE = InputConvention("caffe", "BGR", mean=(104.0, 117.0, 123.0), std=(1.0, 1.0, 1.0))
+# "imagenet" is the name `dsrg_jax.data.transforms.normalize` uses for the torchvision style.
+INPUT_CONVENTIONS: dict[str, InputConvention] = {
+    "torchvision": TORCHVISION, "imagenet": TORCHVISION, "caffe": CAFFE}
+
+
+def get_input_convention(name: str | InputConvention) -> InputConvention:
+    """`"torchvision"` (alias `"imagenet"`) or `"caffe"` (or an `InputConvention`) -> it."""
+    if isinstance(name, InputConvention):
+        return name
+    if name not in INPUT_CONVENTIONS:
+        raise ValueError(
+            f"input_convention: expected one of {sorted(INPUT_CONVENTIONS)}, got {name!r}"
+        )
+    return INPUT_CONVENTIONS[name]
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightsInfo:
+    """Where a model's initial weights came from; save `to_json()` beside the checkpoints.
+
+    Attributes:
+      path: the weights file, or None when the model was initialised at random.
+      naming: "torchvision", "timm" or "none".
+      input_convention: how to normalise images for these weights.
+    """
+
+    path: str | None
+    naming: str
+    input_convention: InputConvention
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": self.path, "naming": self.naming,
+                "input_convention": self.input_convention.name}
+
+
+class WeightsError(ValueError):
+    """A weights file does not fit the model (missing, unexpected or wrongly shaped tensors)."""
+
+
+class TrainingFromScratchWarning(UserWarning):
+    """A model is initialised without ImageNet weights."""
+
+
+# ------------------------------------------------------------------------------ reading files
+
+_DOWNLOAD_HINT = (
+    "Download ImageNet weights yourself and pass the file's path: torchvision's "
+    "VGG16_Weights.IMAGENET1K_V1 (vgg16-397923af.pth) or ResNet101_Weights.IMAGENET1K_V1 "
+    "(resnet101-63fe2227.pth), or timm's vgg16.tv_in1k / resnet101.tv_in1k "
+    "(model.safetensors). Nothing is downloaded at run time."
+)
+
+
+def read_state_dict(path: PathLike) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Reads a `.pth`/`.pt`/`.bin` (needs torch) or `.safetensors` file (no torch needed).
+
+    Checkpoints wrapping the tensors in `{"state_dict": ...}` or `{"model": ...}` and a
+    DataParallel `module.` prefix are unwrapped.
+
+    Returns:
+      tensors: name -> float32 array, in the file's layout (torch OIHW for convolutions).
+      metadata: `.safetensors` string metadata (e.g. "input_convention"), else {}.
+    """
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}. {_DOWNLOAD_HINT}")
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        tensors, metadata = _read_safetensors(path)
+    elif suffix in (".pth", ".pt", ".bin"):
+        tensors, metadata = _read_torch(path)
+    else:
+        raise ValueError(
+            f"weights file {path}: unknown format {suffix!r}; expected .pth, .pt, .bin "
+            f"(torch) or .safetensors"
+        )
+    if tensors and all(k.startswith("module.") for k in tensors):
+        tensors = {k[len("module."):]: v for k, v in tensors.items()}
+    return tensors, metadata
+
+
+def _read_safetensors(path: pathlib.Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    from safetensors import safe_open
+
+    tensors = {}
+    with safe_open(str(path), framework="np") as f:
+        metadata = dict(f.metadata() or {})
+        for key in f.keys():
+            try:
+                tensors[key] = np.asarray(f.get_tensor(key), dtype=np.float32)
+            except TypeError:  # bfloat16 has no NumPy dtype: go through JAX.
+                with safe_open(str(path), framework="flax") as g:
+                    tensors[key] = np.asarray(g.get_tensor(key).astype(jnp.float32))
+    return tensors, metadata
+
+
+def _read_torch(path: pathlib.Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    try:
+        import torch
+    except ImportError as e:
+        raise ImportError(
+            f"reading {path} needs PyTorch (pip install torch, the CPU build is enough); "
+            f"or convert the file to .safetensors elsewhere and pass that instead"
+        ) from e
+    obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    metadata: dict[str, str] = {}
+    if isinstance(obj, Mapping):
+        if isinstance(obj.get("input_convention"), str):
+            metadata["input_convention"] = obj["input_convention"]
+        for key in ("state_dict", "model"):
+            if isinstance(obj.get(key), Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping):
+        raise WeightsError(f"weights file {path}: expected a state dict, got {type(obj).__name__}")
+    tensors = {
+        k: v.detach().to(torch.float32).numpy() for k, v in obj.items() if torch.is_tensor(v)
+    }
+    return tensors, metadata
+
+
+def save_safetensors(tensors: Mapping[str, np.ndarray], path: PathLike, *,
+                     input_convention: str | None = None) -> None:
+    """Writes tensors (e.g. from `read_state_dict` of a `.pth`) as `.safetensors`.
+
+    Lets a machine without torch use torchvision weights; `input_convention` is recorded in
+    the file's metadata.
+    """
+    from safetensors.numpy import save_file
+
+    metadata = {"input_convention": input_convention} if input_convention else None
+    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path),
+              metadata=metadata)
+
+
+# ------------------------------------------------------------------------- DeepLab fc6 / fc7
+
+# DeepLab's "20M" VGG16 (DeepLab-LargeFOV init, reused by DeepLab-v2 ASPP-L): fc6 and fc7 keep
+# every 4th filter (4096 -> 1024) and fc6 keeps the taps 0, 3, 6 of its 7x7 kernel (-> 3x3).
+FC_FILTER_STEP = 4
+FC6_TAPS = (0, 3, 6)
+
+
+def deeplab_fc_from_vgg16(
+    fc6_weight: np.ndarray, fc6_bias: np.ndarray, fc7_weight: np.ndarray, fc7_bias: np.ndarray
+) -> dict[str, dict[str, np.ndarray]]:
+    """Subsamples VGG16's fully connected layers into DeepLab's fc6/fc7 convolutions.
+
+    Args:
+      fc6_weight: float[4096, 25088] (torchvision `classifier.0`, input flattened C, H, W) or
+        float[4096, 512, 7, 7] (timm `pre_logits.fc1`).
+      fc6_bias: float[4096].
+      fc7_weight: float[4096, 4096] (torchvision `classifier.3`) or float[4096, 4096, 1, 1]
+        (timm `pre_logits.fc2`).
+      fc7_bias: float[4096].
+
+    Returns:
+      {"fc6": {"kernel": float[3, 3, 512, 1024], "bias": float[1024]},
+       "fc7": {"kernel": float[1, 1, 1024, 1024], "bias": float[1024]}} (Flax layout).
+    """
+    step, taps = FC_FILTER_STEP, np.asarray(FC6_TAPS)
+    w6 = np.asarray(fc6_weight).reshape(4096, 512, 7, 7)[::step][:, :, taps][:, :, :, taps]
+    w7 = np.asarray(fc7_weight).reshape(4096, 4096)[::step, ::step]
+    return {
+        "fc6": {"kernel": np.ascontiguousarray(w6.transpose(2, 3, 1, 0)),
+                "bias": np.asarray(fc6_bias)[::step].copy()},
+        "fc7": {"kernel": np.ascontiguousarray(w7.T[None, None]),
+                "bias": np.asarray(fc7_bias)[::step].copy()},
+    }
+
+
+# ------------------------------------------------------------------------------ name mapping
+
+# One entry per imported tensor: torch name -> (variables path, kind). kind "conv" transposes
+# torch OIHW to Flax HWIO; "vector" copies as is.
+_Table = dict[str, tuple[tuple[str, ...], str]]
+
+_BN_NAMES = {"scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
+
+
+def _vgg16_table(backbone_params: Mapping[str, Any]) -> _Table:
+    table = {}
+    for conv in backbone_params:
+        idx = TORCHVISION_VGG16_INDEX[conv]
+        table[f"features.{idx}.weight"] = (("params", "backbone", conv, "kernel"), "conv")
+        table[f"features.{idx}.bias"] = (("params", "backbone", conv, "bias"), "vector")
+    return table
+
+
+def _resnet_torch_module(flax_module: tuple[str, ...]) -> str:
+    parts = []
+    for p in flax_module:
+        p = re.sub(r"^layer(\d+)_(\d+)$", r"layer\1.\2", p)
+        p = {"downsample_conv": "downsample.0", "downsample_bn": "downsample.1"}.get(p, p)
+        parts.append(p)
+    return ".".join(parts)
+
+
+def _resnet_table(variables: Mapping[str, Any]) -> _Table:
+    table = {}
+    for path in traverse_util.flatten_dict(variables["params"]["backbone"]):
+        *module, leaf = path
+        if leaf != "kernel":
+            raise AssertionError(f"unexpected ResNet parameter {path}")
+        table[_resnet_torch_module(tuple(module)) + ".weight"] = (
+            ("params", "backbone", *path), "conv")
+    for path in traverse_util.flatten_dict(variables["batch_stats"]["backbone"]):
+        *module, leaf = path
+        table[_resnet_torch_module(tuple(module)) + "." + _BN_NAMES[leaf]] = (
+            ("batch_stats", "backbone", *path), "vector")
+    return table
+
+
+def _torch_shape(shape: tuple[int, ...], kind: str) -> tuple[int, ...]:
+    if kind == "conv":
+        kh, kw, cin, cout = shape
+        return (cout, cin, kh, kw)
+    return tuple(shape)
+
+
+def _to_flax(array: np.ndarray, kind: str) -> np.ndarray:
+    return np.ascontiguousarray(array.transpose(2, 3, 1, 0)) if kind == "conv" else array
+
+
+def _vgg16_naming(keys: set[str]) -> str:
+    return "timm" if any(k.startswith(("pre_logits.", "head.")) for k in keys) else "torchvision"
+
+
+def _vgg16_fc_shapes(naming: str) -> dict[str, tuple[int, ...]]:
+    if naming == "timm":
+        return {"pre_logits.fc1.weight": (4096, 512, 7, 7), "pre_logits.fc1.bias": (4096,),
+                "pre_logits.fc2.weight": (4096, 4096, 1, 1), "pre_logits.fc2.bias": (4096,)}
+    return {"classifier.0.weight": (4096, 25088), "classifier.0.bias": (4096,),
+            "classifier.3.weight": (4096, 4096), "classifier.3.bias": (4096,)}
+
+
+def _guess_architecture(keys: set[str]) -> str:
+    if "layer1.0.conv1.weight" in keys:
+        return "ResNet"
+    if "features.0.weight" in keys:
+        return "VGG"
+    return "unknown"
+
+
+def _check_tensors(
+    tensors: Mapping[str, np.ndarray],
+    expected: Mapping[str, tuple[int, ...]],
+    ignored: Callable[[str], bool],
+    *,
+    path: PathLike,
+    what: str,
+) -> None:
+    """Raises WeightsError listing missing, unexpected and wrongly shaped tensors."""
+    keys = set(tensors)
+    missing = sorted(set(expected) - keys)
+    unexpected = sorted(k for k in keys - set(expected) if not ignored(k))
+    wrong = sorted(
+        f"{k}: file {tuple(tensors[k].shape)}, expected {tuple(expected[k])}"
+        for k in set(expected) & keys
+        if tuple(tensors[k].shape) != tuple(expected[k])
+    )
+    if not (missing or unexpected or wrong):
+        return
+
+    def listing(title: str, items: list[str], limit: int = 30) -> str:
+        shown = "\n    ".join(items[:limit])
+        more = f"\n    ... and {len(items) - limit} more" if len(items) > limit else ""
+        return f"\n  {title} ({len(items)}):\n    {shown}{more}"
+
+    msg = f"weights file {path} does not fit {what}:"
+    for title, items in (("missing", missing), ("unexpected", unexpected),
+                         ("wrong shape", wrong)):
+        if items:
+            msg += listing(title, items)
+    msg += f"\n  (the file looks like a {_guess_architecture(keys)} state dict)"
+    raise WeightsError(msg)
+
+
+def _set_leaves(variables: Any, updates: Mapping[tuple[str, ...], np.ndarray]) -> Any:
+    flat = traverse_util.flatten_dict(variables)
+    for key, value in updates.items():
+        if key not in flat:
+            raise AssertionError(f"model has no variable {'/'.join(key)}")
+        if tuple(flat[key].shape) != tuple(value.shape):
+            raise WeightsError(
+                f"variable {'/'.join(key)}: model shape {tuple(flat[key].shape)}, "
+                f"imported {tuple(value.shape)}"
+            )
+        flat[key] = jnp.asarray(value, dtype=flat[key].dtype)
+    return traverse_util.unflatten_dict(flat)
+
+
+# ------------------------------------------------------------------------------ public loaders
+
+
+def load_imagenet_weights(
+    model: nn.Module,
+    variables: Any,
+    path: PathLike,
+    *,
+    input_convention: str | InputConvention | None = None,
+) -> tuple[Any, WeightsInfo]:
+    """Puts ImageNet weights from `path` into `variables` (the model's random init).
+
+    Args:
+      model: a `DeepLabV2VGG16`, `VGG16CAM` or `DeepLabV2ResNet101`.
+      variables: `model.init(...)` output; leaves not covered by the file are kept.
+      path: torchvision `.pth` or torchvision/timm-named `.safetensors` of VGG16 (for the VGG
+        models) or ResNet-101.
+      input_convention: "torchvision" or "caffe"; default: the file's metadata, else
+        "torchvision".
+
+    Returns:
+      (new variables, WeightsInfo).
+
+    Raises:
+      FileNotFoundError: no such file (the message says what to download).
+      WeightsError: the file does not fit, listing missing / unexpected / wrongly shaped
+        tensors.
+    """
+    tensors, metadata = read_state_dict(path)
+    keys = set(tensors)
+    updates: dict[tuple[str, ...], np.ndarray] = {}
+    if isinstance(model, (DeepLabV2VGG16, VGG16CAM)):
+        naming = _vgg16_naming(keys)
+        table = _vgg16_table(variables["params"]["backbone"])
+        expected = {name: _torch_shape(_leaf(variables, target).shape, kind)
+                    for name, (target, kind) in table.items()}
+        if isinstance(model, DeepLabV2VGG16):
+            fc_shapes = _vgg16_fc_shapes(naming)
+            expected.update(fc_shapes)
+            ignored = lambda k: k.startswith(("classifier.6.", "head."))  # noqa: E731
+        else:
+            ignored = lambda k: k.startswith(("classifier.", "pre_logits.", "head."))  # noqa: E731
+        _check_tensors(tensors, expected, ignored, path=path,
+                       what=f"{type(model).__name__} (VGG16, {naming} names)")
+        if isinstance(model, DeepLabV2VGG16):
+            fc = deeplab_fc_from_vgg16(*(tensors[k] for k in fc_shapes))
+            for branch in variables["params"]:
+                if branch.startswith("aspp_"):
+                    for layer in ("fc6", "fc7"):
+                        for leaf in ("kernel", "bias"):
+                            updates[("params", branch, layer, leaf)] = fc[layer][leaf]
+    elif isinstance(model, DeepLabV2ResNet101):
+        naming = "torchvision"  # timm's ResNets use torchvision's names.
+        table = _resnet_table(variables)
+        expected = {name: _torch_shape(_leaf(variables, target).shape, kind)
+                    for name, (target, kind) in table.items()}
+        ignored = lambda k: k.startswith("fc.") or k.endswith(".num_batches_tracked")  # noqa: E731
+        _check_tensors(tensors, expected, ignored, path=path,
+                       what=f"{type(model).__name__} (ResNet-101, torchvision/timm names)")
+    else:
+        raise TypeError(
+            f"model: no ImageNet import for {type(model).__name__}; expected DeepLabV2VGG16, "
+            f"VGG16CAM or DeepLabV2ResNet101"
+        )
+    for name, (target, kind) in table.items():
+        updates[target] = _to_flax(tensors[name], kind)
+    convention = get_input_convention(
+        input_convention or metadata.get("input_convention", "torchvision"))
+    return _set_leaves(variables, updates), WeightsInfo(str(path), naming, convention)
+
+
+def _leaf(variables: Any, path: tuple[str, ...]) -> Any:
+    node = variables
+    for p in path:
+        node = node[p]
+    return node
+
+
+def init_model(
+    model: nn.Module,
+    rng: jax.Array,
+    *,
+    weights: PathLike | None,
+    input_convention: str | InputConvention | None = None,
+    sample_shape: tuple[int, int, int, int] = (1, 64, 64, 3),
+) -> tuple[Any, WeightsInfo]:
+    """Initialises `model` and imports ImageNet weights from `weights` (None: from scratch).
+
+    Args:
+      model: a `DeepLabV2VGG16`, `VGG16CAM` or `DeepLabV2ResNet101`.
+      rng: PRNG key for the layers the file does not cover (classifiers, ...).
+      weights: path of a `.pth`/`.safetensors` file, or None to train from scratch (a
+        `TrainingFromScratchWarning` says so).
+      input_convention: see `load_imagenet_weights`; without weights default "torchvision".
+      sample_shape: input shape used to trace the init (the models are fully convolutional,
+        so the variables do not depend on it).
+
+    Returns:
+      (variables, WeightsInfo): `variables["params"]` is trained, `variables["batch_stats"]`
+      (ResNet) is frozen.
+    """
+    if weights is not None and not pathlib.Path(weights).is_file():
+        raise FileNotFoundError(f"weights file not found: {weights}. {_DOWNLOAD_HINT}")
+    variables = model.init(rng, jnp.zeros(sample_shape, jnp.float32), train=False)
+    if weights is None:
+        warnings.warn(
+            f"NO IMAGENET WEIGHTS: {type(model).__name__} is initialised at random and trains "
+            f"from scratch; expect much worse results. Pass weights=PATH. {_DOWNLOAD_HINT}",
+            TrainingFromScratchWarning,
+            stacklevel=2,
+        )
+        return variables, WeightsInfo(None, "none",
+                                      get_input_convention(input_convention or "torchvision"))
+    return load_imagenet_weights(model, variables, weights, input_convention=input_convention)

@@ -1,0 +1,351 @@
+"""Dense CRF (issue 3): the JAX CRF on the training grid and the pydensecrf2 host CRF.
+
+Oracles: pydensecrf2 itself (called directly here), a float64 numpy mean field with explicit
+Gaussian kernels written here from the model's definition, `scipy.ndimage.zoom` for the official
+image downsampling, and the official constrain-loss/CRF backward written out here.
+Photographs: scikit-image's sample images and, if present, the real VOC images in ../shared/data.
+"""
+from __future__ import annotations
+
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+from scipy import ndimage
+
+from dsrg_jax.ops import crf
+
+dcrf = pytest.importorskip("pydensecrf.densecrf")
+skdata = pytest.importorskip("skimage.data")
+cv2 = pytest.importorskip("cv2")
+
+GRID = 41          # training grid (321 input, output stride 8)
+C = 21             # VOC classes with background
+CHUNK = 6          # JAX CRF batch used by every agreement test (one compilation per setting)
+RAW = dict(min_prob=0.0)   # compare the raw mean-field output, as pydensecrf returns it
+
+
+def smooth_probs(rng: np.random.Generator, n: int, h: int, w: int, c: int, *,
+                 sigma: float = 3.0, temperature: float = 3.0) -> np.ndarray:
+    """float32[n, h, w, c] smooth random probability maps (blurred Gaussian logits, softmax)."""
+    z = rng.normal(size=(n, h, w, c))
+    z = ndimage.gaussian_filter(z, sigma=(0, sigma, sigma, 0))
+    z = z / z.std() * temperature
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return (e / e.sum(-1, keepdims=True)).astype(np.float32)
+
+
+def to_grid(image: np.ndarray) -> np.ndarray:
+    """A photograph resized to the 41x41 training grid (area averaging), uint8 RGB."""
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, -1)
+    return cv2.resize(image[..., :3], (GRID, GRID), interpolation=cv2.INTER_AREA)
+
+
+def pydensecrf_direct(image, probs, *, unary, bi_w, bi_xy, bi_rgb, pos_w, pos_xy, iterations,
+                      min_prob=0.0):
+    """A plain pydensecrf2 call (the library's documented usage), float32[H, W, C]."""
+    h, w, c = probs.shape
+    energy = -probs if unary == "prob" else -np.log(np.maximum(probs, np.finfo(np.float32).tiny))
+    d = dcrf.DenseCRF2D(w, h, c)
+    d.setUnaryEnergy(np.ascontiguousarray(energy.reshape(-1, c).T, dtype=np.float32))
+    d.addPairwiseGaussian(sxy=pos_xy, compat=pos_w)
+    d.addPairwiseBilateral(sxy=bi_xy, srgb=bi_rgb, rgbim=np.ascontiguousarray(image),
+                           compat=bi_w)
+    return np.array(d.inference(iterations), np.float32).T.reshape(h, w, c)
+
+
+def in_chunks(fn, images: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """fn over batches of CHUNK (last one padded), so every call has the same shape."""
+    out = []
+    for start in range(0, len(images), CHUNK):
+        im, pr = images[start:start + CHUNK], probs[start:start + CHUNK]
+        pad = CHUNK - len(im)
+        im = np.concatenate([im, np.repeat(im[-1:], pad, 0)])
+        pr = np.concatenate([pr, np.repeat(pr[-1:], pad, 0)])
+        out.append(np.asarray(fn(im, pr))[:CHUNK - pad])
+    return np.concatenate(out)
+
+
+def agreement(q: np.ndarray, ref: np.ndarray) -> tuple[float, float, float]:
+    """(mean argmax agreement over images, mean |Q diff|, max |Q diff|)."""
+    per_image = (q.argmax(-1) == ref.argmax(-1)).mean(axis=(1, 2))
+    return float(per_image.mean()), float(np.abs(q - ref).mean()), float(np.abs(q - ref).max())
+
+
+@pytest.fixture(scope="module")
+def photos() -> np.ndarray:
+    """uint8[6, 41, 41, 3]: scikit-image's sample photographs on the training grid."""
+    names = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry",
+             "hubble_deep_field")
+    return np.stack([to_grid(getattr(skdata, n)()) for n in names])
+
+
+@pytest.fixture(scope="module")
+def voc_photos(voc_mini: pathlib.Path) -> np.ndarray:
+    """uint8[16, 41, 41, 3]: the real VOC 2012 images of ../shared/data/voc_mini."""
+    paths = sorted((voc_mini / "VOC2012" / "JPEGImages").glob("*.jpg"))
+    if not paths:
+        pytest.skip(f"no JPEG images under {voc_mini}")
+    return np.stack([to_grid(cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB)) for p in paths])
+
+
+# ------------------------------------------------------------------------------------------------
+# The JAX CRF against pydensecrf2.
+# ------------------------------------------------------------------------------------------------
+
+TRAIN = {**crf.TRAIN_CRF, **RAW}
+TRAIN_LOGPROB = {**TRAIN, "unary": "logprob"}
+
+
+@pytest.mark.parametrize("params", [TRAIN, TRAIN_LOGPROB], ids=["prob", "logprob"])
+def test_lattice_crf_reproduces_pydensecrf2_on_photographs(photos, params):
+    probs = smooth_probs(np.random.default_rng(0), len(photos), GRID, GRID, C)
+    ref = np.stack([pydensecrf_direct(i, p, **params) for i, p in zip(photos, probs)])
+    q = in_chunks(lambda i, p: crf.dense_crf(i, p, kernel="lattice", **params), photos, probs)
+    agree, mean_diff, max_diff = agreement(q, ref)
+    # Same lattice, same float32 arithmetic: only summation order differs.
+    assert agree >= 0.999, agree
+    assert mean_diff <= 1e-5, mean_diff
+    assert max_diff <= 0.02, max_diff
+
+
+@pytest.mark.parametrize("params", [TRAIN, TRAIN_LOGPROB], ids=["prob", "logprob"])
+def test_lattice_crf_reproduces_pydensecrf2_on_voc_images(voc_photos, params):
+    probs = smooth_probs(np.random.default_rng(1), len(voc_photos), GRID, GRID, C)
+    ref = np.stack([pydensecrf_direct(i, p, **params) for i, p in zip(voc_photos, probs)])
+    q = in_chunks(lambda i, p: crf.dense_crf(i, p, kernel="lattice", **params), voc_photos, probs)
+    agree, mean_diff, max_diff = agreement(q, ref)
+    assert agree >= 0.999, agree
+    assert mean_diff <= 1e-5, mean_diff
+    assert max_diff <= 0.02, max_diff
+
+
+@pytest.mark.parametrize("params, min_agree", [(TRAIN, 0.90), (TRAIN_LOGPROB, 0.95)],
+                         ids=["prob", "logprob"])
+def test_exact_crf_is_close_to_pydensecrf2_lattice(photos, params, min_agree):
+    # The exact Gaussian kernels differ from the lattice's approximation of them (the lattice's
+    # self weight is larger); measured 0.93 / 0.97 argmax agreement, 0.007 / 0.003 mean |dQ|.
+    probs = smooth_probs(np.random.default_rng(0), len(photos), GRID, GRID, C)
+    ref = np.stack([pydensecrf_direct(i, p, **params) for i, p in zip(photos, probs)])
+    q = np.asarray(crf.dense_crf(photos, probs, kernel="exact", **params))
+    agree, mean_diff, _ = agreement(q, ref)
+    assert agree >= min_agree, agree
+    assert mean_diff <= 0.03, mean_diff
+
+
+def numpy_mean_field(image, probs, *, unary, bi_w, bi_xy, bi_rgb, pos_w, pos_xy, iterations,
+                     min_prob=0.0):
+    """Textbook mean field in float64: explicit kernels, symmetric normalisation, Potts."""
+    h, w, c = probs.shape
+    yy, xx = np.mgrid[:h, :w]
+    pos = np.stack([xx, yy], -1).reshape(-1, 2).astype(np.float64)
+
+    def normalised_kernel(f):
+        k = np.exp(-0.5 * ((f[:, None, :] - f[None, :, :]) ** 2).sum(-1))
+        n = 1.0 / np.sqrt(k.sum(1))
+        return n[:, None] * k * n[None, :]
+
+    kb = normalised_kernel(np.concatenate([pos / bi_xy, image.reshape(-1, 3) / bi_rgb], 1))
+    kg = normalised_kernel(pos / pos_xy)
+    p = probs.reshape(-1, c).astype(np.float64)
+    u = -p if unary == "prob" else -np.log(p)
+
+    def softmax(x):
+        e = np.exp(x - x.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
+
+    q = softmax(-u)
+    for _ in range(iterations):
+        q = softmax(-u + bi_w * kb @ q + pos_w * kg @ q)
+    return q.reshape(h, w, c)
+
+
+@pytest.mark.parametrize("unary", ["prob", "logprob"])
+def test_exact_crf_is_the_exact_mean_field(unary):
+    rng = np.random.default_rng(2)
+    images = rng.integers(0, 256, (2, 9, 12, 3), dtype=np.uint8)
+    probs = smooth_probs(rng, 2, 9, 12, 4, sigma=1.0)
+    params = dict(unary=unary, bi_w=10.0, bi_xy=3.0, bi_rgb=13.0, pos_w=3.0, pos_xy=1.5,
+                  iterations=5)
+    q = np.asarray(crf.dense_crf(images, probs, kernel="exact", min_prob=0.0, **params))
+    ref = np.stack([numpy_mean_field(i, p, **params) for i, p in zip(images, probs)])
+    np.testing.assert_allclose(q, ref, atol=2e-5)
+
+
+def test_output_is_floored_and_renormalised_as_the_official_layer(photos):
+    probs = smooth_probs(np.random.default_rng(3), len(photos), GRID, GRID, C)
+    raw = np.asarray(crf.dense_crf(photos, probs, **RAW), np.float64)
+    q = np.asarray(crf.dense_crf(photos, probs))            # defaults: min_prob = 1e-4
+    # pylayers.py CRFLayer: result[result < min_prob] = min_prob; result /= result.sum(classes).
+    ref = raw.copy()
+    ref[ref < 1e-4] = 1e-4
+    ref /= ref.sum(-1, keepdims=True)
+    np.testing.assert_allclose(q, ref, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(q.sum(-1), 1.0, atol=1e-5)
+    assert raw.min() < 1e-4                                   # the floor is exercised
+    assert q.min() >= 1e-4 / (1 + C * 1e-4) - 1e-9
+
+
+# ------------------------------------------------------------------------------------------------
+# Image downsampling as the official CRFLayer.
+# ------------------------------------------------------------------------------------------------
+
+
+def official_downsample(images_bgr_minus_mean: np.ndarray, size: int) -> np.ndarray:
+    """pylayers.py CRFLayer: zoom(order=1) of the NCHW net input, + mean, np.round."""
+    im = np.transpose(images_bgr_minus_mean, (0, 3, 1, 2))
+    im = ndimage.zoom(im, (1.0, 1.0, size / im.shape[2], size / im.shape[3]), order=1)
+    im = im + np.array(crf.CAFFE_MEAN_BGR)[None, :, None, None]
+    return np.transpose(np.round(im), (0, 2, 3, 1)).astype(np.uint8)
+
+
+def caffe_input(rgb: np.ndarray) -> np.ndarray:
+    return (rgb[..., ::-1].astype(np.float32) - np.array(crf.CAFFE_MEAN_BGR, np.float32))
+
+
+def test_downsample_image_reproduces_the_official_zoom():
+    photos = [skdata.astronaut(), skdata.coffee(), skdata.chelsea()]
+    # The training input: the whole image warped to 321x321 (DESIGN 2.3).
+    batch = np.stack([caffe_input(cv2.resize(p, (321, 321))) for p in photos])
+    ours = np.asarray(crf.downsample_image(batch, (GRID, GRID)))
+    np.testing.assert_array_equal(ours, official_downsample(batch, GRID))
+    # Another input size (fractional zoom coordinates): equal up to float rounding.
+    batch = caffe_input(skdata.chelsea())[None]              # 300 x 451
+    ours = np.asarray(crf.downsample_image(batch, (GRID, GRID))).astype(int)
+    ref = official_downsample(batch, GRID).astype(int)
+    assert np.abs(ours - ref).max() <= 1
+    assert (ours != ref).mean() <= 1e-3
+
+
+# ------------------------------------------------------------------------------------------------
+# Gradient: the official pass-through of the CRF.
+# ------------------------------------------------------------------------------------------------
+
+
+def test_constrain_loss_gradient_passes_through_the_crf_as_official(photos):
+    losses = pytest.importorskip(
+        "dsrg_jax.ops.losses", reason="dsrg_jax.ops.losses (constrain_loss) not written yet")
+    images = photos[:2, :21, :21]
+    probs = jnp.asarray(smooth_probs(np.random.default_rng(4), 2, 21, 21, C))
+
+    def loss(p):
+        return losses.constrain_loss(p, crf.dense_crf(images, p))
+
+    grad = np.asarray(jax.grad(loss)(probs), np.float64)
+    # Official (SEC/DSRG pylayers.py): ConstrainLossLayer = Theano autodiff of
+    # mean_{n,h,w} sum_c Q log(clip(Q / P, 0.05, 20)) w.r.t. P and log Q; CRFLayer backward
+    # passes the log-Q gradient to P as (1 - Q) * g.
+    p = np.asarray(probs, np.float64)
+    q = np.asarray(crf.dense_crf(images, probs), np.float64)
+    ratio = q / p
+    inside = (ratio > 0.05) & (ratio < 20.0)
+    m = p.shape[0] * p.shape[1] * p.shape[2]
+    d_p = -q / p * inside / m
+    d_logq = q * (np.log(np.clip(ratio, 0.05, 20.0)) + inside) / m
+    expected = d_p + (1.0 - q) * d_logq
+    np.testing.assert_allclose(grad, expected, rtol=1e-4, atol=1e-9)
+
+
+# ------------------------------------------------------------------------------------------------
+# Host CRF (pydensecrf2): direct call, process pool, pure_callback inside shard_map.
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("params", [crf.TEST_CRF, crf.TRAIN_CRF], ids=["test", "train"])
+def test_host_wrapper_is_a_direct_pydensecrf2_call(params):
+    image = cv2.resize(skdata.coffee(), (120, 80))            # full resolution: any size
+    probs = smooth_probs(np.random.default_rng(5), 1, 80, 120, 5)[0]
+    ours = crf.dense_crf_host(image, probs, **params)
+    ref = pydensecrf_direct(image, probs, **params)
+    if params["min_prob"] > 0:
+        ref = np.maximum(ref, params["min_prob"])
+        ref /= ref.sum(-1, keepdims=True)
+    np.testing.assert_array_equal(ours, ref)
+    assert ours.dtype == np.float32 and ours.shape == probs.shape
+
+
+def test_host_batch_in_a_process_pool_equals_serial(photos):
+    probs = smooth_probs(np.random.default_rng(6), len(photos), GRID, GRID, C)
+    try:
+        parallel = crf.dense_crf_host_batch(photos, probs, processes=2, **crf.TRAIN_CRF)
+    finally:
+        crf.shutdown_pools()
+    serial = crf.dense_crf_host_batch(photos, probs, processes=1, **crf.TRAIN_CRF)
+    np.testing.assert_array_equal(parallel, serial)
+    np.testing.assert_array_equal(
+        serial[2], crf.dense_crf_host(photos[2], probs[2], **crf.TRAIN_CRF))
+
+
+def test_host_crf_inside_shard_map_stays_sharded_and_matches(photos):
+    n_dev = len(jax.devices())
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    images = np.concatenate([photos] * 2)[:n_dev, :17, :17]
+    probs = smooth_probs(np.random.default_rng(7), n_dev, 17, 17, 4)
+    sharding = NamedSharding(mesh, P("data"))
+    images_d, probs_d = jax.device_put(images, sharding), jax.device_put(probs, sharding)
+
+    @jax.jit
+    def step(images, probs):
+        return crf.sharded_dense_crf_host(images, probs, mesh=mesh, **crf.TRAIN_CRF)
+
+    q = step(images_d, probs_d)
+    assert q.sharding.is_equivalent_to(sharding, q.ndim)
+    np.testing.assert_array_equal(
+        np.asarray(q), crf.dense_crf_host_batch(images, probs, processes=1, **crf.TRAIN_CRF))
+    # No gradient through the host CRF (it is a constant of the loss), and no tracing error.
+    grad = jax.jit(jax.grad(lambda p: jnp.sum(
+        crf.sharded_dense_crf_host(images_d, p, mesh=mesh, **crf.TRAIN_CRF) * p)))(probs_d)
+    np.testing.assert_allclose(np.asarray(grad), np.asarray(q), rtol=1e-6)
+
+
+def test_jax_crf_on_a_sharded_batch_equals_unsharded():
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    n = len(jax.devices())
+    rng = np.random.default_rng(8)
+    images = rng.integers(0, 256, (n, 11, 11, 3), dtype=np.uint8)
+    probs = smooth_probs(rng, n, 11, 11, 3, sigma=1.0)
+    sharding = NamedSharding(mesh, P("data"))
+    for kernel in ("exact", "lattice"):
+        q = crf.dense_crf(jax.device_put(images, sharding), jax.device_put(probs, sharding),
+                          kernel=kernel)
+        np.testing.assert_allclose(np.asarray(q), np.asarray(
+            crf.dense_crf(images, probs, kernel=kernel)), atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------
+# Errors.
+# ------------------------------------------------------------------------------------------------
+
+
+def test_exact_kernel_refuses_full_resolution_and_points_to_the_host_crf():
+    images = jax.ShapeDtypeStruct((2, 321, 321, 3), jnp.uint8)
+    probs = jax.ShapeDtypeStruct((2, 321, 321, C), jnp.float32)
+    with pytest.raises(ValueError, match="dense_crf_host"):
+        jax.eval_shape(lambda i, p: crf.dense_crf(i, p, kernel="exact"), images, probs)
+
+
+@pytest.mark.parametrize("images, probs, kwargs, error, name", [
+    (np.zeros((1, 5, 5, 3), np.float32), np.ones((1, 5, 5, 2), np.float32), {}, TypeError,
+     "images"),
+    (np.zeros((1, 5, 5, 3), np.uint8), np.ones((1, 5, 6, 2), np.float32), {}, ValueError,
+     "probs"),
+    (np.zeros((1, 5, 5, 3), np.uint8), np.ones((5, 5, 2), np.float32), {}, ValueError, "probs"),
+    (np.zeros((1, 5, 5, 3), np.uint8), np.ones((1, 5, 5, 2), np.int32), {}, TypeError, "probs"),
+    (np.zeros((1, 5, 5, 3), np.uint8), np.ones((1, 5, 5, 2), np.float32), {"unary": "log"},
+     ValueError, "unary"),
+    (np.zeros((1, 5, 5, 3), np.uint8), np.ones((1, 5, 5, 2), np.float32), {"kernel": "fast"},
+     ValueError, "kernel"),
+    (np.zeros((1, 5, 5, 3), np.uint8), np.ones((1, 5, 5, 2), np.float32), {"bi_xy": 0.0},
+     ValueError, "bi_xy"),
+])
+def test_bad_arguments_are_named(images, probs, kwargs, error, name):
+    with pytest.raises(error, match=f"`{name}`"):
+        crf.dense_crf(images, probs, **kwargs)
+    if "kernel" not in kwargs and np.ndim(probs) == 4:
+        with pytest.raises(error, match=f"`{name}`"):
+            crf.dense_crf_host_batch(images, probs, processes=1, **kwargs)

@@ -1,0 +1,98 @@
+"""Bad input is caught up front with an error naming file and problem, or skipped on opt-in."""
+import logging
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dsrg_jax.data import fake
+from dsrg_jax.data.check import check_dataset
+from dsrg_jax.data.files import write_id_list
+from dsrg_jax.data.records import DatasetError
+from dsrg_jax.data.voc import VOCSource, derive_cls_labels, save_cls_labels
+
+TRAIN = ["2007_000001", "2007_000002", "2008_000003", "2009_000004"]
+VAL = ["2007_000005", "2010_000006"]
+
+
+@pytest.fixture
+def root(tmp_path):
+    fake.write_voc_tree(tmp_path, TRAIN, VAL)
+    return tmp_path / "VOCdevkit" / "VOC2012"
+
+
+def _check_fails(src, *patterns):
+    with pytest.raises(DatasetError) as err:
+        check_dataset(src)
+    for p in patterns:
+        assert p in str(err.value), str(err.value)
+    return str(err.value)
+
+
+def test_clean_tree_passes(root):
+    src, report = check_dataset(VOCSource(root, "trainval"))
+    assert report.problems == [] and report.num_ok == 6 and len(src) == 6
+
+
+def test_corrupt_jpeg(root):
+    path = root / "JPEGImages" / "2008_000003.jpg"
+    fake.corrupt_jpeg(path)
+    _check_fails(VOCSource(root, "train"), str(path), "cannot decode image")
+
+
+def test_missing_mask(root):
+    path = root / "SegmentationClass" / "2007_000002.png"
+    path.unlink()
+    _check_fails(VOCSource(root, "train"), str(path), "label mask not found")
+
+
+def test_id_in_list_without_image(root):
+    write_id_list(root / "ImageSets" / "Segmentation" / "train.txt", TRAIN + ["2012_999999"])
+    _check_fails(VOCSource(root, "train"), str(root / "JPEGImages" / "2012_999999.jpg"),
+                 "image file not found")
+
+
+def test_mask_value_outside_range(root):
+    path = root / "SegmentationClass" / "2009_000004.png"
+    with Image.open(path) as im:
+        arr = np.asarray(im).copy()
+        pal = im.getpalette()
+    arr[0, 0] = 30
+    bad = Image.fromarray(arr, mode="P")
+    bad.putpalette(pal)
+    bad.save(path)
+    _check_fails(VOCSource(root, "train"), str(path), "values [30]", "expected 0..20 or 255")
+
+
+def test_labels_file_for_another_split(root, tmp_path):
+    labels = tmp_path / "train_labels.npy"
+    save_cls_labels(labels, derive_cls_labels(root / "SegmentationClass", TRAIN))
+    with pytest.raises(DatasetError, match=r"train_labels.npy.*none of the 2 ids.*another split"):
+        VOCSource(root, "val", labels=labels)
+    # Partly overlapping: the check names the file and each id without labels.
+    save_cls_labels(labels, derive_cls_labels(root / "SegmentationClass", TRAIN[:3]))
+    _check_fails(VOCSource(root, "train", labels=labels), str(labels), "2009_000004",
+                 "another split")
+
+
+def test_mask_size_differs_from_image(root):
+    path = root / "SegmentationClass" / "2007_000001.png"
+    from dsrg_jax.data.files import write_label_png
+
+    write_label_png(path, np.zeros((5, 5), np.uint8))
+    _check_fails(VOCSource(root, "train"), str(path), "mask is 5x5")
+
+
+def test_skip_flag_skips_and_counts_every_bad_item(root, caplog):
+    fake.corrupt_jpeg(root / "JPEGImages" / "2008_000003.jpg")
+    (root / "SegmentationClass" / "2007_000002.png").unlink()
+    src = VOCSource(root, "train")
+    msg = _check_fails(src, "2 of 4 items are bad", "skip_bad=True")
+    assert "2008_000003.jpg" in msg and "2007_000002.png" in msg
+    with caplog.at_level(logging.WARNING):
+        good, report = check_dataset(src, skip_bad=True, name="voc train")
+    assert report.num_skipped == 2 and report.num_ok == 2
+    assert good.ids == ["2007_000001", "2009_000004"]
+    assert [good[k].image_id for k in range(len(good))] == good.ids
+    assert "skipped 2 of 4 items" in caplog.text
+    assert "2008_000003.jpg" in caplog.text and "2007_000002.png" in caplog.text
