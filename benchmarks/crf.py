@@ -1,0 +1,133 @@
+"""Dense CRF speed, side by side: the JAX CRF (a batch) against pydensecrf2 (one image at a time).
+
+The training setting: a batch of 20 images at 41x41 and 21 classes, the official training CRF
+(`dsrg_jax.ops.crf.TRAIN_CRF`). Times the jitted `dense_crf` with both kernels ("lattice", the
+default, and "exact"), pydensecrf2 called image by image in this process (what the official Caffe
+layer does), and pydensecrf2 over a process pool of every core (`dense_crf_host_batch`). Medians of
+`--repeats` runs after one warm-up; ratios are against pydensecrf2 one image at a time. With
+`--with-model`, also times one forward pass of the DeepLab-v2 VGG16 net (321x321) for scale.
+
+Run from the project root:
+  python -m benchmarks.crf
+  python -m benchmarks.crf --batch 20 --size 41 --classes 21 --repeats 7 --with-model
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from scipy import ndimage
+
+from dsrg_jax.ops import crf
+
+
+def _photos(n: int, size: int) -> np.ndarray:
+    """uint8[n, size, size, 3]: scikit-image sample photographs (noise if it is missing)."""
+    try:
+        import cv2
+        import skimage.data as skdata
+    except ImportError:
+        return np.random.default_rng(0).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+    names = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry",
+             "hubble_deep_field")
+    base = [cv2.resize(getattr(skdata, k)(), (size, size), interpolation=cv2.INTER_AREA)
+            for k in names]
+    return np.stack([base[i % len(base)] for i in range(n)])
+
+
+def _probs(n: int, size: int, classes: int) -> np.ndarray:
+    """float32[n, size, size, classes]: smooth random probability maps."""
+    z = np.random.default_rng(0).normal(size=(n, size, size, classes))
+    z = ndimage.gaussian_filter(z, sigma=(0, 3, 3, 0))
+    z = z / z.std() * 3.0
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return (e / e.sum(-1, keepdims=True)).astype(np.float32)
+
+
+def _median_seconds(fn: Callable[[], object], repeats: int) -> tuple[float, list[float]]:
+    fn()                                                        # warm-up (and compilation)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), times
+
+
+def _machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
+    except (OSError, StopIteration):
+        pass
+    try:
+        load = "load average %.1f %.1f %.1f" % os.getloadavg()
+    except OSError:
+        load = "load average n/a"
+    return (f"{cpu}, {os.cpu_count()} cores ({load}); jax {jax.__version__} on "
+            f"{jax.devices()[0].platform} ({len(jax.devices())} devices)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=20)
+    parser.add_argument("--size", type=int, default=41)
+    parser.add_argument("--classes", type=int, default=21)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--processes", type=int, default=os.cpu_count(),
+                        help="pool size of the pydensecrf2 process-pool line")
+    parser.add_argument("--with-model", action="store_true",
+                        help="also time one DeepLab-v2 VGG16 forward pass (321x321, 1 image)")
+    args = parser.parse_args()
+
+    images = _photos(args.batch, args.size)
+    probs = _probs(args.batch, args.size, args.classes)
+    images_d, probs_d = jnp.asarray(images), jnp.asarray(probs)
+    print(f"machine: {_machine()}")
+    print(f"setting: batch {args.batch}, {args.size}x{args.size}, {args.classes} classes, "
+          f"official training CRF {dict(crf.TRAIN_CRF)}; median of {args.repeats} runs")
+
+    rows = []
+    ref, _ = _median_seconds(
+        lambda: [crf.dense_crf_host(i, p, **crf.TRAIN_CRF) for i, p in zip(images, probs)],
+        args.repeats)
+    rows.append(("pydensecrf2, one image at a time (official)", ref))
+    pool, _ = _median_seconds(
+        lambda: crf.dense_crf_host_batch(images, probs, processes=args.processes,
+                                         **crf.TRAIN_CRF), args.repeats)
+    crf.shutdown_pools()
+    rows.append((f"pydensecrf2, process pool of {args.processes}", pool))
+    for kernel in ("lattice", "exact"):
+        fn = jax.jit(lambda i, p, k=kernel: crf.dense_crf(i, p, kernel=k, **crf.TRAIN_CRF))
+        start = time.perf_counter()
+        fn.lower(images_d, probs_d).compile()
+        compile_s = time.perf_counter() - start
+        t, _ = _median_seconds(lambda: fn(images_d, probs_d).block_until_ready(), args.repeats)
+        rows.append((f"JAX dense_crf kernel={kernel!r} (jit; compile {compile_s:.1f} s)", t))
+    if args.with_model:
+        from dsrg_jax.models import DeepLabV2VGG16
+
+        model = DeepLabV2VGG16(num_classes=args.classes)
+        x = jnp.zeros((1, 321, 321, 3), jnp.float32)
+        params = jax.jit(model.init)(jax.random.key(0), x)
+        fwd = jax.jit(model.apply)
+        t, _ = _median_seconds(lambda: fwd(params, x).block_until_ready(), max(3, args.repeats // 2))
+        rows.append(("(scale) DeepLab-v2 VGG16 forward, 1 image 321x321", t))
+
+    width = max(len(name) for name, _ in rows)
+    print(f"{'':{width}}  {'median s':>9}  {'ms/image':>9}  {'vs pydensecrf2 serial':>22}")
+    for name, t in rows:
+        per_image = 1e3 * t / (1 if name.startswith("(scale)") else args.batch)
+        print(f"{name:{width}}  {t:9.3f}  {per_image:9.1f}  {t / ref:21.2f}x")
+
+
+if __name__ == "__main__":
+    main()

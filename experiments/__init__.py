@@ -1,0 +1,1 @@
+"""Thin command-line experiments on top of the dsrg_jax library."""
