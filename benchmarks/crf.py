@@ -7,9 +7,13 @@ layer does), and pydensecrf2 over a process pool of every core (`dense_crf_host_
 `--repeats` runs after one warm-up; ratios are against pydensecrf2 one image at a time. With
 `--with-model`, also times one forward pass of the DeepLab-v2 VGG16 net (321x321) for scale.
 
+`--agreement` prints instead how closely the JAX CRF (both kernels) reproduces pydensecrf2 on real
+photographs (scikit-image's samples and the VOC images of ../shared/data/voc_mini, if present) on
+the training grid, with smooth random probability maps.
+
 Run from the project root:
-  python -m benchmarks.crf
-  python -m benchmarks.crf --batch 20 --size 41 --classes 21 --repeats 7 --with-model
+  python -m benchmarks.crf --repeats 7 --with-model
+  python -m benchmarks.crf --agreement
 """
 from __future__ import annotations
 
@@ -42,13 +46,58 @@ def _photos(n: int, size: int) -> np.ndarray:
     return np.stack([base[i % len(base)] for i in range(n)])
 
 
-def _probs(n: int, size: int, classes: int) -> np.ndarray:
+def _probs(n: int, size: int, classes: int, seed: int = 0) -> np.ndarray:
     """float32[n, size, size, classes]: smooth random probability maps."""
-    z = np.random.default_rng(0).normal(size=(n, size, size, classes))
+    z = np.random.default_rng(seed).normal(size=(n, size, size, classes))
     z = ndimage.gaussian_filter(z, sigma=(0, 3, 3, 0))
     z = z / z.std() * 3.0
     e = np.exp(z - z.max(-1, keepdims=True))
     return (e / e.sum(-1, keepdims=True)).astype(np.float32)
+
+
+def _training_grid(rgb: np.ndarray, size: int) -> np.ndarray:
+    """uint8[size, size, 3]: a photograph as the training CRF sees it (warp to 321, Caffe BGR
+    input, then the official CRFLayer downsampling)."""
+    import cv2
+
+    bgr = cv2.resize(rgb[..., :3], (321, 321))[..., ::-1].astype(np.float32)
+    x = bgr - np.asarray(crf.CAFFE_MEAN_BGR, np.float32)
+    return np.asarray(crf.downsample_image(x[None], (size, size)))[0]
+
+
+def agreement_table(voc_root: str | None, size: int, classes: int) -> None:
+    """Prints argmax agreement and |Q difference| of the JAX CRF against pydensecrf2."""
+    import cv2
+    import skimage.data as skdata
+
+    names = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry",
+             "hubble_deep_field")
+    sets = {"scikit-image samples": [getattr(skdata, k)() for k in names]}
+    if voc_root and os.path.isdir(os.path.join(voc_root, "JPEGImages")):
+        folder = os.path.join(voc_root, "JPEGImages")
+        sets["VOC 2012 (voc_mini)"] = [
+            cv2.cvtColor(cv2.imread(os.path.join(folder, f)), cv2.COLOR_BGR2RGB)
+            for f in sorted(os.listdir(folder)) if f.endswith(".jpg")]
+    settings = {
+        "training CRF, unary -P": {**crf.TRAIN_CRF, "min_prob": 0.0},
+        "training widths, unary -log P": {**crf.TRAIN_CRF, "unary": "logprob", "min_prob": 0.0},
+        "test-time widths (80, 13, 3), -log P": dict(crf.TEST_CRF),
+    }
+    print(f"agreement with pydensecrf2 at {size}x{size}, {classes} classes, smooth random "
+          f"probability maps (raw mean-field output, no floor)")
+    print("| images | setting | kernel | mean argmax agreement | mean abs Q diff | max abs Q diff |")
+    print("|---|---|---|---|---|---|")
+    for set_name, photos in sets.items():
+        images = np.stack([_training_grid(p, size) for p in photos])
+        probs = _probs(len(images), size, classes, seed=1)
+        for setting, params in settings.items():
+            ref = np.stack([crf.dense_crf_host(i, p, **params) for i, p in zip(images, probs)])
+            for kernel in ("lattice", "exact"):
+                q = np.asarray(crf.dense_crf(images, probs, kernel=kernel, **params))
+                agree = (q.argmax(-1) == ref.argmax(-1)).mean(axis=(1, 2)).mean()
+                diff = np.abs(q - ref)
+                print(f"| {set_name} ({len(images)}) | {setting} | {kernel} | {agree:.4f} | "
+                      f"{diff.mean():.2e} | {diff.max():.3f} |")
 
 
 def _median_seconds(fn: Callable[[], object], repeats: int) -> tuple[float, list[float]]:
@@ -86,7 +135,15 @@ def main() -> None:
                         help="pool size of the pydensecrf2 process-pool line")
     parser.add_argument("--with-model", action="store_true",
                         help="also time one DeepLab-v2 VGG16 forward pass (321x321, 1 image)")
+    parser.add_argument("--agreement", action="store_true",
+                        help="instead of timing, print the agreement with pydensecrf2")
+    parser.add_argument("--voc-root", default="../shared/data/voc_mini/VOC2012",
+                        help="VOC2012 folder whose JPEGImages join the agreement images")
     args = parser.parse_args()
+    if args.agreement:
+        print(f"machine: {_machine()}")
+        agreement_table(args.voc_root, args.size, args.classes)
+        return
 
     images = _photos(args.batch, args.size)
     probs = _probs(args.batch, args.size, args.classes)
@@ -119,7 +176,8 @@ def main() -> None:
         x = jnp.zeros((1, 321, 321, 3), jnp.float32)
         params = jax.jit(model.init)(jax.random.key(0), x)
         fwd = jax.jit(model.apply)
-        t, _ = _median_seconds(lambda: fwd(params, x).block_until_ready(), max(3, args.repeats // 2))
+        t, _ = _median_seconds(lambda: fwd(params, x).block_until_ready(),
+                               max(3, args.repeats // 2))
         rows.append(("(scale) DeepLab-v2 VGG16 forward, 1 image 321x321", t))
 
     width = max(len(name) for name, _ in rows)

@@ -125,6 +125,19 @@ def test_lattice_crf_reproduces_pydensecrf2_on_voc_images(voc_photos, params):
     assert max_diff <= 0.02, max_diff
 
 
+def test_lattice_crf_reproduces_pydensecrf2_on_a_non_square_grid_at_test_time_widths():
+    photos = [skdata.coffee(), skdata.rocket()]                 # landscape photographs
+    images = np.stack([cv2.resize(p, (45, 29), interpolation=cv2.INTER_AREA) for p in photos])
+    probs = smooth_probs(np.random.default_rng(9), 2, 29, 45, 5)
+    params = {**crf.TEST_CRF}                                   # logprob, 80 px, 13, 3 px
+    ref = np.stack([pydensecrf_direct(i, p, **params) for i, p in zip(images, probs)])
+    agree, mean_diff, max_diff = agreement(np.asarray(crf.dense_crf(images, probs, **params)),
+                                           ref)
+    assert agree >= 0.999, agree
+    assert mean_diff <= 1e-5, mean_diff
+    assert max_diff <= 0.02, max_diff
+
+
 @pytest.mark.parametrize("params, min_agree", [(TRAIN, 0.90), (TRAIN_LOGPROB, 0.95)],
                          ids=["prob", "logprob"])
 def test_exact_crf_is_close_to_pydensecrf2_lattice(photos, params, min_agree):

@@ -38,10 +38,10 @@ def random_case(rng: np.random.Generator, batch: int, height: int, width: int, c
 def test_equals_scipy_reference_on_300_random_images():
     rng = np.random.default_rng(2018)
     checked = 0
-    for _ in range(30):
+    for _ in range(15):  # 15 random sizes (each a compilation) x 20 random images
         height, width = rng.integers(1, 40, size=2)
         classes = int(rng.integers(2, 12))
-        probs, seeds, labels = random_case(rng, 10, int(height), int(width), classes)
+        probs, seeds, labels = random_case(rng, 20, int(height), int(width), classes)
         theta_fg, theta_bg = (0.85, 0.99) if rng.random() < 0.5 else rng.uniform(0.3, 0.95, 2)
         expected = dsrg_grow_scipy(probs, seeds, labels, theta_fg=theta_fg, theta_bg=theta_bg)
         grown = dsrg_jax.dsrg_grow(probs, seeds, labels, theta_fg=theta_fg, theta_bg=theta_bg)
@@ -212,12 +212,25 @@ def test_same_result_under_shard_map_on_8_devices(batch16):
     np.testing.assert_array_equal(np.asarray(grown), expected)
 
 
-def test_same_result_under_jit_with_global_batch_sharding(batch16):
+@pytest.mark.parametrize("axis_type", ["explicit", "auto"])
+def test_same_result_under_jit_with_a_sharded_global_batch(batch16, axis_type):
+    """A caller's jit over a batch sharded on 8 devices: with an explicit mesh (jax.make_mesh's
+    default) dsrg_grow runs per device by itself; with an auto mesh XLA partitions it."""
     probs, cues, labels, expected = batch16
-    mesh = jax.make_mesh((8,), ("data",))
+    if axis_type == "explicit":
+        mesh = jax.make_mesh((8,), ("data",))
+    else:
+        mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
     sharding = NamedSharding(mesh, P("data"))
     args = [jax.device_put(x, sharding) for x in (probs, cues, labels)]
-    np.testing.assert_array_equal(np.asarray(dsrg_jax.dsrg_grow(*args)), expected)
+
+    @jax.jit
+    def callers_step(probs, cues, labels):
+        return dsrg_jax.dsrg_grow(probs, cues, labels)
+
+    grown = callers_step(*args)
+    np.testing.assert_array_equal(np.asarray(grown), expected)
+    assert grown.sharding.is_equivalent_to(sharding, grown.ndim)
 
 
 # --- bad input --------------------------------------------------------------------------------

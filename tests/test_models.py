@@ -524,3 +524,14 @@ def test_deeplab_resnet101_matches_pytorch_from_pth_and_safetensors(resnet_files
     assert logits.shape == (1, 8, 9, 21)
     assert rel_err(feats, nhwc(ref_feats)) < RTOL
     assert rel_err(logits, nhwc(ref_logits)) < RTOL
+
+
+def test_bfloat16_compute_keeps_float32_parameters_and_logits():
+    x = jnp.asarray(random_images(10, hw=(33, 33), batch=1))
+    f32 = DeepLabV2ResNet101(num_classes=2, blocks=(1, 1, 1, 1))
+    variables = f32.init(jax.random.key(0), x)
+    bf16 = DeepLabV2ResNet101(num_classes=2, blocks=(1, 1, 1, 1), dtype=jnp.bfloat16)
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(variables))
+    a, b = f32.apply(variables, x), bf16.apply(variables, x)
+    assert b.dtype == jnp.float32
+    assert rel_err(b, a) < 0.05  # bfloat16 has an 8-bit mantissa

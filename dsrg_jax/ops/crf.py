@@ -4,8 +4,8 @@ pydensecrf2 on the host at full resolution.
 Model (pydensecrf's defaults, which the official SEC/DSRG `krahenbuhl2013` wrapper also uses): per
 image of N pixels and C classes, unary energy `U` (`-P` for unary="prob", the official training
 setting; `-log P` for unary="logprob", the official test setting) and two Potts pairwise terms, a
-bilateral kernel on features `(x/bi_xy, y/bi_xy, r/bi_rgb, g/bi_rgb, b/bi_rgb)` with weight `bi_w` and
-a Gaussian kernel on `(x/pos_xy, y/pos_xy)` with weight `pos_w`. Each kernel
+bilateral kernel on features `(x/bi_xy, y/bi_xy, r/bi_rgb, g/bi_rgb, b/bi_rgb)` with weight `bi_w`
+and a Gaussian kernel on `(x/pos_xy, y/pos_xy)` with weight `pos_w`. Each kernel
 `k(i, j) = exp(-|f_i - f_j|^2 / 2)` (self term included) is normalised symmetrically,
 `K~ = D^-1/2 K D^-1/2` with `D = diag(K 1)` (pydensecrf's NORMALIZE_SYMMETRIC, DIAG_KERNEL). Mean
 field (densecrf.cpp `DenseCRF::inference`): `Q = softmax(-U)`, then `iterations` times
@@ -13,21 +13,22 @@ field (densecrf.cpp `DenseCRF::inference`): `Q = softmax(-U)`, then `iterations`
 subtracted).
 
 Two kernel implementations in JAX (`dense_crf(kernel=...)`):
-  * "exact": explicit Gaussian kernels (the spatial one separably). The exact model, no
-    approximation; memory B * N^2 * 4 bytes for the bilateral kernel, so it is for small grids.
-  * "lattice": pydensecrf's permutohedral lattice (Adams et al. 2010; pydensecrf `permutohedral.cpp`)
-    re-implemented with static shapes (sort + binary search instead of a hash table). This is the
-    approximation the official code ran; it agrees with pydensecrf2 to float rounding. Memory
-    O(B * N * (d+1) * C).
+  * "lattice" (default): pydensecrf's permutohedral lattice (Adams et al. 2010; densecrf
+    `permutohedral.cpp`, SSE build) re-implemented with static shapes (sort + binary search in
+    place of its hash table). This is the approximation the official code ran; it agrees with
+    pydensecrf2 to float rounding. Memory O(B * N * (d+1) * C), d = 5 (bilateral) or 2.
+  * "exact": explicit Gaussian kernels (the spatial one separably), the exact model with no
+    approximation. It differs from the lattice by a few percent of pixels (the lattice's
+    approximation, not float error). Memory B * N^2 * 4 bytes for the bilateral kernels, so it
+    is for small grids.
 
-The host CRF (`dense_crf_host*`) calls pydensecrf2 itself (full resolution, any size), serially, in a
-process pool, or from jitted code via `jax.pure_callback` inside `jax.shard_map`.
+The host CRF (`dense_crf_host*`) calls pydensecrf2 itself (full resolution, any size): serially, in
+a process pool, or from jitted code via `jax.pure_callback` inside `jax.shard_map`.
 """
 from __future__ import annotations
 
 import atexit
 import concurrent.futures
-import contextlib
 import functools
 import math
 import multiprocessing
@@ -42,12 +43,14 @@ from jax import lax
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-# Mean pixel (BGR) the official Caffe nets subtract; CRFLayer adds it back (pylayers.py `mean_pixel`).
+# Mean pixel (BGR) the official Caffe nets subtract; CRFLayer adds it back (pylayers.py
+# `mean_pixel`).
 CAFFE_MEAN_BGR = (104.0, 117.0, 123.0)
 # Floor of the training CRF output before renormalising (pylayers.py `min_prob`).
 MIN_PROB = 1e-4
 # Official training CRF: krahenbuhl2013 `CRF(im, probs, scale_factor=12.0)` on the 41x41 grid
-# (pylayers.py CRFLayer): unary -P, bilateral w=10, 80/12 px, 13; Gaussian w=3, 3/12 px; 10 iterations.
+# (pylayers.py CRFLayer): unary -P, bilateral w=10, 80/12 px, 13; Gaussian w=3, 3/12 px;
+# 10 iterations; output floored at 1e-4 and renormalised.
 TRAIN_CRF: Mapping[str, Any] = dict(
     unary="prob", bi_w=10.0, bi_xy=80.0 / 12.0, bi_rgb=13.0, pos_w=3.0, pos_xy=3.0 / 12.0,
     iterations=10, min_prob=MIN_PROB)
@@ -221,7 +224,7 @@ def _gaussian_features(h: int, w: int, pos_xy: float) -> jax.Array:
 # ----------------------------------------------------------------------------------------------
 
 
-def _exact_bilateral(feat: jax.Array, precision) -> jax.Array:
+def _exact_bilateral(feat: jax.Array) -> jax.Array:
     """float[N, N] symmetric-normalised bilateral kernel, exp(-|fi - fj|^2 / 2), self included."""
     sq = 0.0
     for k in range(feat.shape[-1]):      # elementwise sum, fused by XLA: no N*N*5 temporary
@@ -257,7 +260,7 @@ def _exact_messages(image, h, w, c, *, bi_w, bi_xy, bi_rgb, pos_w, pos_xy, preci
 
         msgs.append((pos_w, apply_pos))
     if bi_w != 0.0:
-        kb = _exact_bilateral(_bilateral_features(image, bi_xy, bi_rgb), precision)
+        kb = _exact_bilateral(_bilateral_features(image, bi_xy, bi_rgb))
         msgs.append((bi_w, lambda q: jnp.matmul(kb, q, precision=precision)))
     return msgs
 
@@ -333,9 +336,16 @@ def _lattice_build(feat: jax.Array, feat_max: Sequence[float]):
     """Permutohedral lattice of feat: float[N, d] (pydensecrf `Permutohedral::init`, SSE build).
 
     Returns offsets int32[N, d+1] (vertex slots, 1-based), weights float[N, d+1] (barycentric) and
-    neighbours int32[d+1, 2, E+1] (blur neighbours per axis, slot 0 = absent), E = N * (d+1).
+    neighbours int32[d+1, 2, E+1] (blur neighbours per axis, slot 0 = absent), E = N' * (d+1).
+
+    The SSE build embeds features in blocks of 4 and pads the last block with zero features, whose
+    simplex vertices join the lattice (they carry no value but pass values on in the blur). They
+    are added here too (N' = N + 1 when N % 4 != 0), so that the lattice is the same.
     """
-    n, d = feat.shape
+    n_pixels, d = feat.shape
+    if n_pixels % 4:
+        feat = jnp.concatenate([feat, jnp.zeros((1, d), feat.dtype)])
+    n = feat.shape[0]
     r = d + 1
     scale, bound, bits, per_word = _lattice_plan(d, feat_max)
     # Elevate onto the hyperplane (y = E p), accumulated in densecrf's order.
@@ -387,14 +397,19 @@ def _lattice_build(feat: jax.Array, feat_max: Sequence[float]):
     table = jnp.full((e, words.shape[1]), _SENTINEL, jnp.int32).at[vertex].set(sorted_words)
     vcoords = jnp.zeros((e, d), jnp.int32).at[vertex].set(coords[order])
     valid = jnp.zeros((e,), bool).at[vertex].set(True)
-    # Blur neighbours along each of the d+1 lattice axes: key -/+ (1, ..., 1, -d at j, 1, ...).
+    # Blur neighbours along each of the d+1 lattice axes: n1 = key + s_j, n2 = key - s_j with
+    # s_j = (-1, ..., -1, d at j, -1, ...). Only n1 is searched: n2 is its inverse
+    # (n1_j(v) = u  <=>  n2_j(u) = v).
     step = np.full((r, d), -1, np.int32)
     step[np.arange(d), np.arange(d)] = d
-    queries = jnp.stack([vcoords[None] + step[:, None], vcoords[None] - step[:, None]], 1)
-    found = _lookup(table, _pack(queries, bound, bits, per_word).reshape(-1, words.shape[1]))
-    found = jnp.where(valid, found.reshape(r, 2, e), 0)
-    neighbours = jnp.concatenate([jnp.zeros((r, 2, 1), jnp.int32), found], -1)
-    return offsets, weights, neighbours
+    queries = _pack(vcoords[None] + step[:, None], bound, bits, per_word)     # [R, E, nw]
+    n1 = _lookup(table, queries.reshape(r * e, -1)).reshape(r, e)
+    n1 = jnp.where(valid, n1, 0)                                              # slots, 0 = absent
+    slot = jnp.broadcast_to(jnp.arange(1, e + 1, dtype=jnp.int32), (r, e))
+    n2 = jnp.zeros((r, e + 1), jnp.int32).at[
+        jnp.arange(r)[:, None], jnp.where(n1 > 0, n1, e + 1)].set(slot, mode="drop")
+    n1 = jnp.concatenate([jnp.zeros((r, 1), jnp.int32), n1], -1)
+    return offsets[:n_pixels], weights[:n_pixels], jnp.stack([n1, n2], 1)
 
 
 def _lattice_filter(x: jax.Array, offsets, weights, neighbours, sequential: bool) -> jax.Array:
@@ -418,14 +433,15 @@ def _lattice_filter(x: jax.Array, offsets, weights, neighbours, sequential: bool
     return out
 
 
-def _lattice_apply(feat: jax.Array, feat_max: Sequence[float], constant: bool = False):
-    """K~ q for the lattice kernel of feat (NORMALIZE_SYMMETRIC). constant: feat is known at
-    trace time (the spatial kernel), so the lattice is built once, at trace time."""
+def _lattice_apply(feat: jax.Array, feat_max: Sequence[float]):
+    """K~ q for the lattice kernel of feat (NORMALIZE_SYMMETRIC).
+
+    Under `vmap`, a lattice of unbatched features (the spatial kernel) is built once per call.
+    """
     n = feat.shape[0]
-    with jax.ensure_compile_time_eval() if constant else contextlib.nullcontext():
-        lattice = _lattice_build(feat, feat_max)
-        norm = _lattice_filter(jnp.ones((n, 1), jnp.float32), *lattice, sequential=True)
-        norm = 1.0 / jnp.sqrt(norm + 1e-20)
+    lattice = _lattice_build(feat, feat_max)
+    norm = _lattice_filter(jnp.ones((n, 1), jnp.float32), *lattice, sequential=True)
+    norm = 1.0 / jnp.sqrt(norm + 1e-20)
 
     def apply(q):
         out = _lattice_filter(q * norm, *lattice, sequential=q.shape[-1] <= 2)
@@ -439,9 +455,7 @@ def _lattice_messages(image, h, w, c, *, bi_w, bi_xy, bi_rgb, pos_w, pos_xy, pre
     msgs = []
     if pos_w != 0.0:
         pmax = (w - 1) / pos_xy + 1.0, (h - 1) / pos_xy + 1.0
-        with jax.ensure_compile_time_eval():
-            feat = _gaussian_features(h, w, pos_xy)
-        msgs.append((pos_w, _lattice_apply(feat, pmax, constant=True)))
+        msgs.append((pos_w, _lattice_apply(_gaussian_features(h, w, pos_xy), pmax)))
     if bi_w != 0.0:
         bmax = ((w - 1) / bi_xy + 1.0, (h - 1) / bi_xy + 1.0) + (255.0 / bi_rgb + 1.0,) * 3
         msgs.append((bi_w, _lattice_apply(_bilateral_features(image, bi_xy, bi_rgb), bmax)))
@@ -453,10 +467,6 @@ def _lattice_messages(image, h, w, c, *, bi_w, bi_xy, bi_rgb, pos_w, pos_xy, pre
 # ----------------------------------------------------------------------------------------------
 
 
-@functools.partial(
-    jax.jit,
-    static_argnames=("unary", "bi_w", "bi_xy", "bi_rgb", "pos_w", "pos_xy", "iterations",
-                     "kernel", "min_prob", "max_kernel_bytes", "precision"))
 def dense_crf(
     images: jax.Array,
     probs: jax.Array,
@@ -482,9 +492,9 @@ def dense_crf(
       bi_w, bi_xy, bi_rgb: bilateral Potts weight, spatial width (px), colour width.
       pos_w, pos_xy: Gaussian Potts weight and spatial width (px). A weight of 0 drops the term.
       iterations: mean-field iterations.
-      kernel: "exact" (explicit Gaussian kernels, the exact model) or "lattice" (pydensecrf's
-        permutohedral approximation, which the official code ran; agrees with pydensecrf2 to
-        float rounding).
+      kernel: "lattice" (pydensecrf's permutohedral approximation, which the official code ran;
+        agrees with pydensecrf2 to float rounding) or "exact" (explicit Gaussian kernels, the
+        exact model; a few percent of pixels differ from the lattice's result).
       min_prob: output floor before renormalising (official training 1e-4; 0 = raw mean field, as
         pydensecrf returns it).
       max_kernel_bytes: "exact" refuses calls whose bilateral kernels (B * (H*W)^2 * 4 bytes)
@@ -494,17 +504,21 @@ def dense_crf(
     Returns:
       Q: float32[B, H, W, C], the CRF marginals (rows sum to 1).
 
-    Memory: "exact": B * (H*W)^2 * 4 bytes for the bilateral kernels (41x41: 11.3 MB per image)
-    plus O(B * H*W * C). "lattice": O(B * H*W * 6 * (C + 12)) (41x41, C=21: about 2 MB per image).
-    Differentiable in `probs` (plain autodiff through the iterations); the official training
-    gradient instead passes through the CRF (see `dsrg_jax.ops.losses.constrain_loss`).
+    Memory: "lattice": linear, O(B * H*W * (d+1) * (C + 2(d+1))), d = 5; "exact": quadratic,
+    B * (H*W)^2 * 4 bytes for the bilateral kernels plus O(B * H*W * C). XLA's temporary buffers
+    measured on CPU at 41x41, C=21: 13 MB per image ("lattice"), 11 MB per image ("exact").
+
+    Differentiable in `probs` (plain autodiff through the iterations). The official training
+    gradient does not differentiate the CRF (`dsrg_jax.ops.losses.constrain_loss` passes it
+    through and gives Q no gradient): call `dense_crf(images, lax.stop_gradient(probs))` there,
+    so that no (zero) backward pass runs through the iterations.
     """
     _check_common("dense_crf", images, probs, unary, iterations, min_prob, batched=True)
     _check_kernel_params("dense_crf", bi_w=bi_w, bi_xy=bi_xy, bi_rgb=bi_rgb, pos_w=pos_w,
                          pos_xy=pos_xy)
     if kernel not in _KERNELS:
         raise ValueError(f"dense_crf: `kernel` must be one of {_KERNELS}, got {kernel!r}")
-    b, h, w, c = probs.shape
+    b, h, w, _ = probs.shape
     n = h * w
     if kernel == "exact" and bi_w != 0.0 and b * n * n * 4 > max_kernel_bytes:
         raise ValueError(
@@ -513,17 +527,36 @@ def dense_crf(
             f"{max_kernel_bytes / 2**20:.0f} MiB. For full-resolution images use the host CRF "
             f"(dsrg_jax.ops.crf.dense_crf_host / dense_crf_host_batch, pydensecrf2) or "
             f"kernel='lattice'; or raise max_kernel_bytes")
+    # The unary mode and the floor are traced, so switching them does not recompile.
+    return _dense_crf(images, probs, jnp.asarray(unary == "logprob"),
+                      jnp.asarray(min_prob, jnp.float32), bi_w=float(bi_w), bi_xy=float(bi_xy),
+                      bi_rgb=float(bi_rgb), pos_w=float(pos_w), pos_xy=float(pos_xy),
+                      iterations=int(iterations), kernel=kernel, precision=precision)
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=("bi_w", "bi_xy", "bi_rgb", "pos_w", "pos_xy", "iterations", "kernel",
+                     "precision"))
+def _dense_crf(images, probs, log_unary, min_prob, *, bi_w, bi_xy, bi_rgb, pos_w, pos_xy,
+               iterations, kernel, precision):
+    """`dense_crf` after its checks; log_unary: bool[], min_prob: float32[] (traced)."""
+    _, h, w, c = probs.shape
+    n = h * w
     make = _exact_messages if kernel == "exact" else _lattice_messages
-    params = dict(bi_w=float(bi_w), bi_xy=float(bi_xy), bi_rgb=float(bi_rgb),
-                  pos_w=float(pos_w), pos_xy=float(pos_xy), precision=precision)
+    params = dict(bi_w=bi_w, bi_xy=bi_xy, bi_rgb=bi_rgb, pos_w=pos_w, pos_xy=pos_xy,
+                  precision=precision)
 
     def one(image, p):
-        u = _unary_energy(p, unary).reshape(n, c)
-        q = _mean_field(u, make(image, h, w, c, **params), int(iterations))
+        p = p.astype(jnp.float32)
+        u = jnp.where(log_unary, _unary_energy(p, "logprob"), _unary_energy(p, "prob"))
+        q = _mean_field(u.reshape(n, c), make(image, h, w, c, **params), iterations)
         return q.reshape(h, w, c)
 
     q = jax.vmap(one)(images, probs)
-    return _clamp_renormalise(q, float(min_prob))
+    floored = jnp.maximum(q, min_prob)
+    floored = floored / jnp.sum(floored, axis=-1, keepdims=True)
+    return jnp.where(min_prob > 0, floored, q)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -19,9 +19,12 @@ on the label map are computed once, outside the loop.
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.sharding import PartitionSpec as P
 
 # Growth thresholds of the official code (DSRG `th_f`, `th_b`; DESIGN.md 2.3).
 THETA_FG = 0.85
@@ -64,32 +67,96 @@ def _check_inputs(probs, seeds, image_labels) -> None:
 
 def _shift(x: jax.Array, offset: int, axis: int, fill) -> jax.Array:
     """`y[i] = x[i - offset]` along `axis`, `fill` where `i - offset` falls outside."""
-    n = x.shape[axis]
-    if abs(offset) >= n:
-        return jnp.full_like(x, fill)
-    pad_shape = list(x.shape)
-    pad_shape[axis] = abs(offset)
-    pad = jnp.full(pad_shape, fill, x.dtype)
-    if offset > 0:
-        return jnp.concatenate([pad, lax.slice_in_dim(x, 0, n - offset, axis=axis)], axis=axis)
-    return jnp.concatenate([lax.slice_in_dim(x, -offset, n, axis=axis), pad], axis=axis)
+    config = [(0, 0, 0)] * x.ndim
+    config[axis] = (offset, -offset, 0)  # one `pad` op: XLA fuses it with its consumers
+    return lax.pad(x, jnp.array(fill, x.dtype), config)
 
 
-def _pack_bits(x: jax.Array) -> jax.Array:
+def _shift2d(x: jax.Array, dy: int, dx: int, fill) -> jax.Array:
+    """`y[:, i, j] = x[:, i - dy, j - dx]` on [G, H, W] planes."""
+    return _shift(_shift(x, dy, 1, fill), dx, 2, fill)
+
+
+# --- bit packing: images along the word for the fill, classes along the word per pixel ---------
+
+def _pack_images(x: jax.Array) -> jax.Array:
     """bool[B, H, W] -> uint32[G, H, W], G = ceil(B / 32): image b is bit b % 32 of word b // 32."""
-    b = x.shape[0]
-    groups = -(-b // 32)
-    x = jnp.pad(x, ((0, groups * 32 - b), (0, 0), (0, 0))).astype(jnp.uint32)
-    x = x.reshape(groups, 32, *x.shape[1:])
-    bits = jnp.arange(32, dtype=jnp.uint32)[None, :, None, None]
-    return jnp.sum(x << bits, axis=1, dtype=jnp.uint32)  # distinct bits: the sum is an OR
+    words = []
+    for first in range(0, x.shape[0], 32):
+        word = x[first].astype(jnp.uint32)
+        for bit in range(1, min(32, x.shape[0] - first)):
+            word = word | (x[first + bit].astype(jnp.uint32) << bit)
+        words.append(word)
+    return jnp.stack(words)
 
 
-def _unpack_bits(words: jax.Array, batch: int) -> jax.Array:
-    """uint32[G, H, W] -> bool[batch, H, W], the inverse of `_pack_bits`."""
+def _unpack_images(words: jax.Array, batch: int) -> jax.Array:
+    """uint32[G, H, W] -> bool[batch, H, W], the inverse of `_pack_images`."""
     bits = jnp.arange(32, dtype=jnp.uint32)[None, :, None, None]
     x = (words[:, None] >> bits) & jnp.uint32(1)
     return x.reshape(-1, *words.shape[1:])[:batch].astype(bool)
+
+
+def _pack_classes(x: jax.Array) -> jax.Array:
+    """bool[..., C] -> uint32[..., G], G = ceil(C / 32): class c is bit c % 32 of word c // 32."""
+    num_classes = x.shape[-1]
+    groups = -(-num_classes // 32)
+    x = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, groups * 32 - num_classes)])
+    x = x.reshape(*x.shape[:-1], groups, 32).astype(jnp.uint32)
+    return jnp.sum(x << jnp.arange(32, dtype=jnp.uint32), axis=-1, dtype=jnp.uint32)
+
+
+def _unpack_classes(words: jax.Array, num_classes: int) -> jax.Array:
+    """uint32[..., G] -> bool[..., num_classes], the inverse of `_pack_classes`."""
+    parts = []
+    for group in range(words.shape[-1]):
+        bits = jnp.arange(min(32, num_classes - 32 * group), dtype=jnp.uint32)
+        parts.append((words[..., group:group + 1] >> bits) & jnp.uint32(1))
+    return jnp.concatenate(parts, axis=-1).astype(bool)
+
+
+def _highest_class(words: jax.Array) -> jax.Array:
+    """Highest set class of packed classes uint32[..., G] -> int32[...], -1 where none is set."""
+    group_offset = 32 * jnp.arange(words.shape[-1], dtype=jnp.int32)
+    highest = 31 - lax.clz(words).astype(jnp.int32) + group_offset
+    return jnp.max(jnp.where(words != 0, highest, _UNLABELLED), axis=-1)
+
+
+def _has_class(words: jax.Array, class_id: jax.Array) -> jax.Array:
+    """Whether class `class_id` int32[...] is set in packed classes uint32[..., G] (-1: False)."""
+    group = jnp.arange(words.shape[-1], dtype=jnp.int32)
+    bit = jnp.left_shift(jnp.uint32(1), (jnp.maximum(class_id, 0) % 32).astype(jnp.uint32))
+    in_group = group == (class_id // 32)[..., None]
+    return jnp.any(in_group & ((words & bit[..., None]) != 0), axis=-1) & (class_id >= 0)
+
+
+def _class_bit(class_id: jax.Array, on: jax.Array, groups: int) -> jax.Array:
+    """Packed classes uint32[..., G] with only `class_id` set, where `on` (else nothing)."""
+    group = jnp.arange(groups, dtype=jnp.int32)
+    bit = jnp.left_shift(jnp.uint32(1), (jnp.maximum(class_id, 0) % 32).astype(jnp.uint32))
+    hit = on[..., None] & (group == (class_id // 32)[..., None])
+    return jnp.where(hit, bit[..., None], jnp.uint32(0))
+
+
+# --- the flood fill on packed planes -----------------------------------------------------------
+
+def _label_planes(label: jax.Array, num_labels: int) -> list[jax.Array]:
+    """Bit planes of a label map int[B, H, W] with values in -1..num_labels-1.
+
+    Plane k, uint32[G, H, W], holds bit k of `label + 1` for every image (packed as images), so
+    label equality between neighbours becomes a few word operations for 32 images at once.
+    """
+    value = (label + 1).astype(jnp.uint32)
+    return [_pack_images(((value >> k) & 1).astype(bool))
+            for k in range(max(1, num_labels.bit_length()))]
+
+
+def _same_label(planes: list[jax.Array], dy: int, dx: int) -> jax.Array:
+    """Packed bits set where a pixel has the label of its neighbour at (-dy, -dx) (inside)."""
+    inside = _shift2d(jnp.full_like(planes[0], 0xFFFFFFFF), dy, dx, 0)
+    for plane in planes:
+        inside = inside & ~(plane ^ _shift2d(plane, dy, dx, 0))
+    return inside
 
 
 def _run_masks(same_as_previous: jax.Array, axis: int) -> list[tuple[int, jax.Array, jax.Array]]:
@@ -121,10 +188,6 @@ def _fill_runs(reached: jax.Array, masks, axis: int) -> jax.Array:
     return forward | backward
 
 
-def _shift2d(x: jax.Array, dy: int, dx: int, fill) -> jax.Array:
-    return _shift(_shift(x, dy, 1, fill), dx, 2, fill)
-
-
 _DIAGONALS = ((-1, -1), (-1, 1), (1, -1), (1, 1))
 
 
@@ -135,24 +198,27 @@ def _dilate_diagonal(reached: jax.Array, masks) -> jax.Array:
     return out
 
 
-def flood_same_label(label: jax.Array, start: jax.Array) -> tuple[jax.Array, jax.Array]:
+def flood_same_label(label: jax.Array, start: jax.Array, *,
+                     num_labels: int | None = None) -> tuple[jax.Array, jax.Array]:
     """Pixels 8-connected to a `start` pixel through pixels of one label.
 
     The fill runs on bit-packed planes (32 images per uint32 word), so one word operation moves
     the front of 32 images at once.
 
     Args:
-      label: int[B, H, W] label map; pixels connect only to neighbours of the same label.
+      label: int[B, H, W] label map with values in -1..num_labels-1; pixels connect only to
+        neighbours of the same label.
       start: bool[B, H, W] pixels the fill starts from.
+      num_labels: bound on the labels (static); default: 2**31 - 1 (32 bit planes).
 
     Returns:
       (reached bool[B, H, W], iterations int32[]) where `reached` is the union of the 8-connected
       components of `{label == l}` (over all l) that contain a start pixel.
     """
-    outside = jnp.iinfo(label.dtype).min  # a label no pixel has
-    row_masks = _run_masks(_pack_bits(label == _shift(label, 1, 2, outside)), axis=2)
-    col_masks = _run_masks(_pack_bits(label == _shift(label, 1, 1, outside)), axis=1)
-    diag_masks = [_pack_bits(label == _shift2d(label, dy, dx, outside)) for dy, dx in _DIAGONALS]
+    planes = _label_planes(label, num_labels or (2**31 - 1))
+    row_masks = _run_masks(_same_label(planes, 0, 1), axis=2)
+    col_masks = _run_masks(_same_label(planes, 1, 0), axis=1)
+    diag_masks = [_same_label(planes, dy, dx) for dy, dx in _DIAGONALS]
 
     def grow_once(reached):
         reached = _fill_runs(reached, row_masks, axis=2)
@@ -173,8 +239,8 @@ def flood_same_label(label: jax.Array, start: jax.Array) -> tuple[jax.Array, jax
     changed0 = jnp.any(start) | True
     iterations0 = jnp.sum(start[:0], dtype=jnp.int32)
     reached, _, iterations = lax.while_loop(
-        cond, body, (_pack_bits(start), changed0, iterations0))
-    return _unpack_bits(reached, start.shape[0]), iterations
+        cond, body, (_pack_images(start), changed0, iterations0))
+    return _unpack_images(reached, start.shape[0]), iterations
 
 
 def _max_and_argmax(x: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -190,42 +256,11 @@ def _max_and_argmax(x: jax.Array) -> tuple[jax.Array, jax.Array]:
     return lax.reduce((x, index), init, pick, (x.ndim - 1,))
 
 
-def _pack_classes(x: jax.Array) -> jax.Array:
-    """bool[..., C] -> uint32[..., G], G = ceil(C / 32): class c is bit c % 32 of word c // 32."""
-    num_classes = x.shape[-1]
-    groups = -(-num_classes // 32)
-    x = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, groups * 32 - num_classes)])
-    x = x.reshape(*x.shape[:-1], groups, 32).astype(jnp.uint32)
-    return jnp.sum(x << jnp.arange(32, dtype=jnp.uint32), axis=-1, dtype=jnp.uint32)
-
-
-def _unpack_classes(words: jax.Array, num_classes: int) -> jax.Array:
-    """uint32[..., G] -> bool[..., num_classes], the inverse of `_pack_classes`."""
-    bits = (words[..., None] >> jnp.arange(32, dtype=jnp.uint32)) & jnp.uint32(1)
-    return bits.reshape(*words.shape[:-1], -1)[..., :num_classes].astype(bool)
-
-
-def _highest_class(words: jax.Array) -> jax.Array:
-    """Highest set class of packed classes uint32[..., G] -> int32[...], -1 where none is set."""
-    group_offset = 32 * jnp.arange(words.shape[-1], dtype=jnp.int32)
-    highest = 31 - lax.clz(words).astype(jnp.int32) + group_offset  # clz(0) = 32 gives -1 + 32g
-    return jnp.max(jnp.where(words != 0, highest, _UNLABELLED), axis=-1)
-
-
-def _has_class(words: jax.Array, class_id: jax.Array) -> jax.Array:
-    """Whether class `class_id` int32[...] is set in packed classes uint32[..., G] (-1: False)."""
-    group = jnp.arange(words.shape[-1], dtype=jnp.int32)
-    bit = jnp.left_shift(jnp.uint32(1), (class_id % 32).astype(jnp.uint32))
-    in_group = group == (class_id // 32)[..., None]
-    return jnp.any(in_group & ((words & bit[..., None]) != 0), axis=-1) & (class_id >= 0)
-
-
-def _class_bit(class_id: jax.Array, on: jax.Array, groups: int) -> jax.Array:
-    """Packed classes uint32[..., G] with only `class_id` set, where `on` (else nothing)."""
-    group = jnp.arange(groups, dtype=jnp.int32)
-    bit = jnp.left_shift(jnp.uint32(1), (jnp.maximum(class_id, 0) % 32).astype(jnp.uint32))
-    hit = on[..., None] & (group == (class_id // 32)[..., None])
-    return jnp.where(hit, bit[..., None], jnp.uint32(0))
+def _label_map(probs, seed_words, present, theta_fg, theta_bg):
+    best_prob, best_class = _max_and_argmax(
+        jnp.where(present[:, None, None, :], probs, -jnp.inf))
+    confident = jnp.where(best_class == 0, best_prob > theta_bg, best_prob > theta_fg)
+    return jnp.where(confident, best_class, _highest_class(seed_words)), confident
 
 
 def growth_label_map(probs: jax.Array, seeds: jax.Array, image_labels: jax.Array, *,
@@ -241,13 +276,8 @@ def growth_label_map(probs: jax.Array, seeds: jax.Array, image_labels: jax.Array
     Returns:
       (label int32[B, H, W] with -1 for unlabelled pixels, confident bool[B, H, W]).
     """
-    class_ids = jnp.arange(probs.shape[-1], dtype=jnp.int32)
-    present = image_labels | (class_ids == 0)
-    best_prob, best_class = _max_and_argmax(
-        jnp.where(present[:, None, None, :], probs, -jnp.inf))
-    confident = jnp.where(best_class == 0, best_prob > theta_bg, best_prob > theta_fg)
-    cue_label = _highest_class(_pack_classes(seeds))
-    return jnp.where(confident, best_class, cue_label), confident
+    present = image_labels | (jnp.arange(probs.shape[-1]) == 0)
+    return _label_map(probs, _pack_classes(seeds), present, theta_fg, theta_bg)
 
 
 @jax.jit
@@ -274,6 +304,31 @@ def dsrg_grow(probs: jax.Array, seeds: jax.Array, image_labels: jax.Array, *,
       TypeError / ValueError at trace time when a shape or dtype is wrong, naming the argument.
     """
     _check_inputs(probs, seeds, image_labels)
+    batch_axes = _explicit_batch_sharding(probs)
+    if batch_axes is not None:
+        # Explicitly sharded batch (e.g. a `jax.make_mesh` mesh): grow each device's images where
+        # they are, so no device waits for another's slowest image (DESIGN.md 3).
+        spec = P(batch_axes)
+        return jax.shard_map(
+            functools.partial(_grow, theta_fg=theta_fg, theta_bg=theta_bg),
+            mesh=jax.typeof(probs).sharding.mesh, in_specs=(spec, spec, spec), out_specs=spec,
+        )(probs, seeds, image_labels)
+    return _grow(probs, seeds, image_labels, theta_fg=theta_fg, theta_bg=theta_bg)
+
+
+def _explicit_batch_sharding(probs: jax.Array):
+    """Mesh axes that explicitly shard the batch axis of `probs`, or None."""
+    sharding = getattr(jax.typeof(probs), "sharding", None)
+    spec = getattr(sharding, "spec", None)
+    if not spec or spec[0] is None:
+        return None
+    if any(axes is not None for axes in spec[1:]):
+        raise ValueError(f"dsrg_grow: only the batch axis of `probs` may be sharded, got {spec}")
+    return spec[0]
+
+
+def _grow(probs, seeds, image_labels, *, theta_fg, theta_bg):
+    """`dsrg_grow` on one device's (or the whole) batch."""
     probs = lax.stop_gradient(probs)
     num_classes = probs.shape[-1]
     present = image_labels | (jnp.arange(num_classes) == 0)
@@ -281,12 +336,11 @@ def dsrg_grow(probs: jax.Array, seeds: jax.Array, image_labels: jax.Array, *,
     seed_words = _pack_classes(seeds)                                  # uint32[B, H, W, G]
     present_words = _pack_classes(present)[:, None, None, :]           # uint32[B, 1, 1, G]
 
-    label, confident = growth_label_map(probs, seeds, image_labels,
-                                        theta_fg=theta_fg, theta_bg=theta_bg)
+    label, confident = _label_map(probs, seed_words, present, theta_fg, theta_bg)
     # A confident label is a present class by construction; a cue label may be an absent one.
     is_cue_of_label = _has_class(seed_words, label)
     start = is_cue_of_label & (confident | _has_class(present_words, label))
-    reached, _ = flood_same_label(label, start)
+    reached, _ = flood_same_label(label, start, num_labels=num_classes)
 
     num_cues = jnp.sum(lax.population_count(seed_words), axis=-1)
     cue_of_one_other_class = (num_cues == 1) & ~is_cue_of_label
