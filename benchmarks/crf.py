@@ -96,8 +96,8 @@ def agreement_table(voc_root: str | None, size: int, classes: int) -> None:
                 q = np.asarray(crf.dense_crf(images, probs, kernel=kernel, **params))
                 agree = (q.argmax(-1) == ref.argmax(-1)).mean(axis=(1, 2)).mean()
                 diff = np.abs(q - ref)
-                print(f"| {set_name} ({len(images)}) | {setting} | {kernel} | {agree:.4f} | "
-                      f"{diff.mean():.2e} | {diff.max():.3f} |")
+                print(f"| {set_name} ({len(images)}) | {setting} | {kernel} | {agree:.5f} | "
+                      f"{diff.mean():.2e} | {diff.max():.1e} |")
 
 
 def _median_seconds(fn: Callable[[], object], repeats: int) -> tuple[float, list[float]]:

@@ -3,6 +3,7 @@
 Public API (stable): region growing, CAMs and seed cues, the DSRG / SEC losses and the metrics.
 All are pure functions over arrays, usable under `jax.jit`, `jax.vmap` and `jax.shard_map`.
 """
+from dsrg_jax.models import DeepLabV2ResNet101, DeepLabV2VGG16, VGG16CAM, create_model
 from dsrg_jax.ops.cam import class_activation_maps, seed_cues_from_cams
 from dsrg_jax.ops.grow import dsrg_grow
 from dsrg_jax.ops.losses import (balanced_seed_loss, constrain_loss,
@@ -10,8 +11,15 @@ from dsrg_jax.ops.losses import (balanced_seed_loss, constrain_loss,
                                  sec_seed_loss)
 from dsrg_jax.ops.metrics import (confusion_matrix, cue_counts, cue_quality, iou_per_class,
                                   mean_iou, pixel_accuracy)
+from dsrg_jax.weights import InputConvention, init_model
 
 __all__ = [
+    "DeepLabV2ResNet101",
+    "DeepLabV2VGG16",
+    "InputConvention",
+    "VGG16CAM",
+    "create_model",
+    "init_model",
     "balanced_seed_loss",
     "class_activation_maps",
     "confusion_matrix",
@@ -28,3 +36,26 @@ __all__ = [
     "seed_cues_from_cams",
 ]
 __version__ = "0.1.0"
+
+# Dense CRF (issue 3): JAX CRF on the training grid, pydensecrf2 host CRF at full resolution.
+from dsrg_jax.ops.crf import (  # noqa: E402
+    TEST_CRF,
+    TRAIN_CRF,
+    dense_crf,
+    dense_crf_callback,
+    dense_crf_host,
+    dense_crf_host_batch,
+    downsample_image,
+    sharded_dense_crf_host,
+)
+
+__all__ += [
+    "TEST_CRF",
+    "TRAIN_CRF",
+    "dense_crf",
+    "dense_crf_callback",
+    "dense_crf_host",
+    "dense_crf_host_batch",
+    "downsample_image",
+    "sharded_dense_crf_host",
+]

@@ -334,6 +334,11 @@ def _guess_architecture(keys: set[str]) -> str:
     return "unknown"
 
 
+def _natural(name: str) -> list[Any]:
+    """Sort key putting layer3.2 before layer3.10."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
 def _check_tensors(
     tensors: Mapping[str, np.ndarray],
     expected: Mapping[str, tuple[int, ...]],
@@ -344,13 +349,13 @@ def _check_tensors(
 ) -> None:
     """Raises WeightsError listing missing, unexpected and wrongly shaped tensors."""
     keys = set(tensors)
-    missing = sorted(set(expected) - keys)
-    unexpected = sorted(k for k in keys - set(expected) if not ignored(k))
-    wrong = sorted(
+    missing = sorted(set(expected) - keys, key=_natural)
+    unexpected = sorted((k for k in keys - set(expected) if not ignored(k)), key=_natural)
+    wrong = [
         f"{k}: file {tuple(tensors[k].shape)}, expected {tuple(expected[k])}"
-        for k in set(expected) & keys
+        for k in sorted(set(expected) & keys, key=_natural)
         if tuple(tensors[k].shape) != tuple(expected[k])
-    )
+    ]
     if not (missing or unexpected or wrong):
         return
 
@@ -410,6 +415,11 @@ def load_imagenet_weights(
       WeightsError: the file does not fit, listing missing / unexpected / wrongly shaped
         tensors.
     """
+    if not isinstance(model, (DeepLabV2VGG16, VGG16CAM, DeepLabV2ResNet101)):
+        raise TypeError(
+            f"model: no ImageNet import for {type(model).__name__}; expected DeepLabV2VGG16, "
+            f"VGG16CAM or DeepLabV2ResNet101"
+        )
     tensors, metadata = read_state_dict(path)
     keys = set(tensors)
     updates: dict[tuple[str, ...], np.ndarray] = {}
@@ -433,7 +443,7 @@ def load_imagenet_weights(
                     for layer in ("fc6", "fc7"):
                         for leaf in ("kernel", "bias"):
                             updates[("params", branch, layer, leaf)] = fc[layer][leaf]
-    elif isinstance(model, DeepLabV2ResNet101):
+    else:
         naming = "torchvision"  # timm's ResNets use torchvision's names.
         table = _resnet_table(variables)
         expected = {name: _torch_shape(_leaf(variables, target).shape, kind)
@@ -441,11 +451,6 @@ def load_imagenet_weights(
         ignored = lambda k: k.startswith("fc.") or k.endswith(".num_batches_tracked")  # noqa: E731
         _check_tensors(tensors, expected, ignored, path=path,
                        what=f"{type(model).__name__} (ResNet-101, torchvision/timm names)")
-    else:
-        raise TypeError(
-            f"model: no ImageNet import for {type(model).__name__}; expected DeepLabV2VGG16, "
-            f"VGG16CAM or DeepLabV2ResNet101"
-        )
     for name, (target, kind) in table.items():
         updates[target] = _to_flax(tensors[name], kind)
     convention = get_input_convention(

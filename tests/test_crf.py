@@ -108,10 +108,11 @@ def test_lattice_crf_reproduces_pydensecrf2_on_photographs(photos, params):
     ref = np.stack([pydensecrf_direct(i, p, **params) for i, p in zip(photos, probs)])
     q = in_chunks(lambda i, p: crf.dense_crf(i, p, kernel="lattice", **params), photos, probs)
     agree, mean_diff, max_diff = agreement(q, ref)
-    # Same lattice, same float32 arithmetic: only summation order differs.
+    # The same lattice (bit-exact structure); only float rounding differs (summation order, FMA,
+    # exp): measured mean |dQ| < 1e-8, max < 1e-4.
     assert agree >= 0.999, agree
-    assert mean_diff <= 1e-5, mean_diff
-    assert max_diff <= 0.02, max_diff
+    assert mean_diff <= 1e-6, mean_diff
+    assert max_diff <= 1e-3, max_diff
 
 
 @pytest.mark.parametrize("params", [TRAIN, TRAIN_LOGPROB], ids=["prob", "logprob"])
@@ -121,8 +122,8 @@ def test_lattice_crf_reproduces_pydensecrf2_on_voc_images(voc_photos, params):
     q = in_chunks(lambda i, p: crf.dense_crf(i, p, kernel="lattice", **params), voc_photos, probs)
     agree, mean_diff, max_diff = agreement(q, ref)
     assert agree >= 0.999, agree
-    assert mean_diff <= 1e-5, mean_diff
-    assert max_diff <= 0.02, max_diff
+    assert mean_diff <= 1e-6, mean_diff
+    assert max_diff <= 1e-3, max_diff
 
 
 def test_lattice_crf_reproduces_pydensecrf2_on_a_non_square_grid_at_test_time_widths():
@@ -134,8 +135,8 @@ def test_lattice_crf_reproduces_pydensecrf2_on_a_non_square_grid_at_test_time_wi
     agree, mean_diff, max_diff = agreement(np.asarray(crf.dense_crf(images, probs, **params)),
                                            ref)
     assert agree >= 0.999, agree
-    assert mean_diff <= 1e-5, mean_diff
-    assert max_diff <= 0.02, max_diff
+    assert mean_diff <= 1e-6, mean_diff
+    assert max_diff <= 1e-3, max_diff
 
 
 @pytest.mark.parametrize("params, min_agree", [(TRAIN, 0.90), (TRAIN_LOGPROB, 0.95)],
@@ -243,14 +244,15 @@ def test_downsample_image_reproduces_the_official_zoom():
 def test_constrain_loss_gradient_passes_through_the_crf_as_official(photos):
     losses = pytest.importorskip(
         "dsrg_jax.ops.losses", reason="dsrg_jax.ops.losses (constrain_loss) not written yet")
-    images = photos[:2, :21, :21]
-    probs = jnp.asarray(smooth_probs(np.random.default_rng(4), 2, 21, 21, C))
+    probs = jnp.asarray(smooth_probs(np.random.default_rng(4), len(photos), GRID, GRID, C))
 
     def loss(p):
-        q = crf.dense_crf(images, p)                         # defaults: the training CRF
+        # The training step's composition: the CRF (training defaults) is a constant of the
+        # backward pass; constrain_loss routes its gradient to P.
+        q = crf.dense_crf(photos, jax.lax.stop_gradient(p))
         return losses.constrain_loss(p, q), q
 
-    grad, q = jax.jit(jax.grad(loss, has_aux=True))(probs)
+    grad, q = jax.grad(loss, has_aux=True)(probs)
     grad = np.asarray(grad, np.float64)
     # Official (SEC/DSRG pylayers.py): ConstrainLossLayer = Theano autodiff of
     # mean_{n,h,w} sum_c Q log(clip(Q / P, 0.05, 20)) w.r.t. P and log Q; CRFLayer backward

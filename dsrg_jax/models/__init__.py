@@ -56,7 +56,11 @@ MODELS: dict[str, type[nn.Module]] = {
 
 
 def create_model(name: str, *, num_classes: int, **kwargs: Any) -> nn.Module:
-    """Builds a model by config name (`MODELS`): e.g. `create_model("deeplab_vgg16", num_classes=21)`."""
+    """Builds a model by config name (`MODELS`): `create_model("deeplab_vgg16", num_classes=21)`.
+
+    Raises:
+      ValueError: unknown name (the message lists the known ones).
+    """
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; expected one of {sorted(MODELS)}")
     return MODELS[name](num_classes=num_classes, **kwargs)

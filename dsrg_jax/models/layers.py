@@ -30,7 +30,8 @@ def caffe_pool_output_size(size: int, *, kernel: int, stride: int, pad: int) -> 
 def _caffe_padding(size: int, *, kernel: int, stride: int, pad: int) -> tuple[int, int]:
     """(low, high) padding that makes a floor-mode window count equal Caffe's ceil mode."""
     if kernel < stride:
-        raise ValueError(f"Caffe pooling needs kernel >= stride, got kernel={kernel}, stride={stride}")
+        raise ValueError(
+            f"Caffe pooling needs kernel >= stride, got kernel={kernel}, stride={stride}")
     out = caffe_pool_output_size(size, kernel=kernel, stride=stride, pad=pad)
     high = (out - 1) * stride + kernel - size - pad
     return pad, high

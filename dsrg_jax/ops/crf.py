@@ -203,20 +203,30 @@ def _mean_field(u: jax.Array, messages, iterations: int) -> jax.Array:
     return lax.fori_loop(0, iterations, step, q)
 
 
-def _bilateral_features(image: jax.Array, bi_xy: float, bi_rgb: float) -> jax.Array:
-    """float[H*W, 5]: (x/bi_xy, y/bi_xy, c0/bi_rgb, c1/bi_rgb, c2/bi_rgb), float32 as densecrf."""
-    h, w, _ = image.shape
-    yy, xx = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32),
-                          indexing="ij")
-    pos = jnp.stack([xx, yy], -1) / np.float32(bi_xy)
-    col = image.astype(jnp.float32) / np.float32(bi_rgb)
-    return jnp.concatenate([pos, col], -1).reshape(h * w, 5)
+def _feature_tables(h: int, w: int, xy: float, rgb: float | None) -> list[np.ndarray]:
+    """densecrf's feature values `x / xy, y / xy (, c / rgb for c in 0..255)`, as float32 tables
+    computed here with IEEE division (XLA may divide through a reciprocal, which rounds
+    differently and would move lattice points)."""
+    tables = [np.arange(w, dtype=np.float32) / np.float32(xy),
+              np.arange(h, dtype=np.float32) / np.float32(xy)]
+    if rgb is not None:
+        tables += [np.arange(256, dtype=np.float32) / np.float32(rgb)] * 3
+    return tables
 
 
-def _gaussian_features(h: int, w: int, pos_xy: float) -> jax.Array:
-    yy, xx = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32),
-                          indexing="ij")
-    return (jnp.stack([xx, yy], -1) / np.float32(pos_xy)).reshape(h * w, 2)
+def _feature_index(h: int, w: int, image: jax.Array | None) -> jax.Array:
+    """int32[H*W, d]: per pixel, the row of each feature table (x, y, and the colours)."""
+    yy, xx = np.meshgrid(np.arange(h, dtype=np.int32), np.arange(w, dtype=np.int32),
+                         indexing="ij")
+    index = jnp.asarray(np.stack([xx, yy], -1).reshape(h * w, 2))
+    if image is None:
+        return index
+    return jnp.concatenate([index, image.reshape(h * w, 3).astype(jnp.int32)], -1)
+
+
+def _features(index: jax.Array, tables: Sequence[np.ndarray]) -> jax.Array:
+    """float32[N, d] feature vectors from `_feature_index` and `_feature_tables`."""
+    return jnp.stack([jnp.asarray(t)[index[:, k]] for k, t in enumerate(tables)], -1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -260,7 +270,8 @@ def _exact_messages(image, h, w, c, *, bi_w, bi_xy, bi_rgb, pos_w, pos_xy, preci
 
         msgs.append((pos_w, apply_pos))
     if bi_w != 0.0:
-        kb = _exact_bilateral(_bilateral_features(image, bi_xy, bi_rgb))
+        kb = _exact_bilateral(_features(_feature_index(h, w, image),
+                                        _feature_tables(h, w, bi_xy, bi_rgb)))
         msgs.append((bi_w, lambda q: jnp.matmul(kb, q, precision=precision)))
     return msgs
 
@@ -272,12 +283,13 @@ def _exact_messages(image, h, w, c, *, bi_w, bi_xy, bi_rgb, pos_w, pos_xy, preci
 _SENTINEL = np.int32(2**31 - 1)   # key word of unused vertex slots; larger than any real word
 
 
-def _lattice_plan(d: int, feat_max: Sequence[float]) -> tuple[list[np.float32], int, int, int]:
+def _lattice_plan(tables: Sequence[np.ndarray]) -> tuple[list[np.float32], int, int, int]:
     """Static constants: scale factors, key bound, bits per key coordinate, coordinates per word."""
+    d = len(tables)
     r = d + 1
     inv_std = np.float32(np.sqrt(2.0 / 3.0) * r)                      # permutohedral.cpp init
     scale = [np.float32(1.0 / np.sqrt((i + 2) * (i + 1)) * np.float64(inv_std)) for i in range(d)]
-    c = [float(s) * float(m) for s, m in zip(scale, feat_max)]
+    c = [float(s) * float(np.abs(t).max()) for s, t in zip(scale, tables)]
     # |elevated_j| <= sum_k c_k + j * c_{j-1}; rounding, wrap-around, canonical offsets and blur
     # neighbours move a key coordinate by at most a few (d + 1).
     bound = int(math.ceil(sum(c) + d * max(c))) + 4 * r + 2
@@ -285,8 +297,8 @@ def _lattice_plan(d: int, feat_max: Sequence[float]) -> tuple[list[np.float32], 
     if bits > 30:
         raise ValueError(
             f"dense_crf(kernel='lattice'): lattice keys need {bits} bits per coordinate (features "
-            f"up to {max(feat_max):.0f} kernel widths); use larger kernel widths or "
-            f"dense_crf_host")
+            f"up to {max(float(t.max()) for t in tables):.0f} kernel widths); use larger kernel "
+            f"widths or dense_crf_host")
     return scale, bound, bits, 30 // bits
 
 
@@ -332,32 +344,37 @@ def _lookup(table: jax.Array, queries: jax.Array) -> jax.Array:
     return jnp.where(found, lo + 1, 0)
 
 
-def _lattice_build(feat: jax.Array, feat_max: Sequence[float]):
-    """Permutohedral lattice of feat: float[N, d] (pydensecrf `Permutohedral::init`, SSE build).
+def _lattice_build(index: jax.Array, tables: Sequence[np.ndarray]):
+    """Permutohedral lattice of the features `tables[k][index[:, k]]` (pydensecrf
+    `Permutohedral::init`, SSE build). index: int32[N, d]; tables: d float32 numpy tables.
 
     Returns offsets int32[N, d+1] (vertex slots, 1-based), weights float[N, d+1] (barycentric) and
     neighbours int32[d+1, 2, E+1] (blur neighbours per axis, slot 0 = absent), E = N' * (d+1).
 
-    The SSE build embeds features in blocks of 4 and pads the last block with zero features, whose
-    simplex vertices join the lattice (they carry no value but pass values on in the blur). They
-    are added here too (N' = N + 1 when N % 4 != 0), so that the lattice is the same.
+    The lattice's structure (which vertices exist, each pixel's simplex) must be bit-exact, so
+    every float the keys depend on is computed as densecrf does: the products `f * scale` and
+    `j * f * scale` come from numpy tables (XLA would contract `a * b + c` into an FMA) and only
+    additions remain here. The SSE build embeds features in blocks of 4 and pads the last block
+    with zero features, whose simplex vertices join the lattice (they carry no value but pass
+    values on in the blur); they are added here too (N' = N + 1 when N % 4 != 0).
     """
-    n_pixels, d = feat.shape
+    n_pixels, d = index.shape
     if n_pixels % 4:
-        feat = jnp.concatenate([feat, jnp.zeros((1, d), feat.dtype)])
-    n = feat.shape[0]
+        index = jnp.concatenate([index, jnp.zeros((1, d), index.dtype)])  # feature 0 = row 0
+    n = index.shape[0]
     r = d + 1
-    scale, bound, bits, per_word = _lattice_plan(d, feat_max)
+    scale, bound, bits, per_word = _lattice_plan(tables)
+    cf_tables = [t * scale[k] for k, t in enumerate(tables)]            # float32, IEEE
+    jcf_tables = [np.float32(k + 1) * t for k, t in enumerate(cf_tables)]
     # Elevate onto the hyperplane (y = E p), accumulated in densecrf's order.
     elevated = [None] * r
     sm = jnp.zeros((n,), jnp.float32)
     for j in range(d, 0, -1):
-        cf = feat[:, j - 1] * scale[j - 1]
-        elevated[j] = sm - np.float32(j) * cf
-        sm = sm + cf
+        elevated[j] = sm - jnp.asarray(jcf_tables[j - 1])[index[:, j - 1]]
+        sm = sm + jnp.asarray(cf_tables[j - 1])[index[:, j - 1]]
     elevated[0] = sm
     el = jnp.stack(elevated, -1)                                       # [N, R]
-    inv_r = np.float32(1.0 / r)
+    inv_r = np.float32(1.0) / np.float32(r)
     v = jnp.round(el * inv_r)                                          # nearest, ties to even
     rem0 = v * np.float32(r)
     total = jnp.sum(v.astype(jnp.int32), axis=-1)
@@ -433,13 +450,13 @@ def _lattice_filter(x: jax.Array, offsets, weights, neighbours, sequential: bool
     return out
 
 
-def _lattice_apply(feat: jax.Array, feat_max: Sequence[float]):
-    """K~ q for the lattice kernel of feat (NORMALIZE_SYMMETRIC).
+def _lattice_apply(index: jax.Array, tables: Sequence[np.ndarray]):
+    """K~ q for the lattice kernel of the features (NORMALIZE_SYMMETRIC).
 
     Under `vmap`, a lattice of unbatched features (the spatial kernel) is built once per call.
     """
-    n = feat.shape[0]
-    lattice = _lattice_build(feat, feat_max)
+    n = index.shape[0]
+    lattice = _lattice_build(index, tables)
     norm = _lattice_filter(jnp.ones((n, 1), jnp.float32), *lattice, sequential=True)
     norm = 1.0 / jnp.sqrt(norm + 1e-20)
 
@@ -454,11 +471,11 @@ def _lattice_messages(image, h, w, c, *, bi_w, bi_xy, bi_rgb, pos_w, pos_xy, pre
     del c, precision
     msgs = []
     if pos_w != 0.0:
-        pmax = (w - 1) / pos_xy + 1.0, (h - 1) / pos_xy + 1.0
-        msgs.append((pos_w, _lattice_apply(_gaussian_features(h, w, pos_xy), pmax)))
+        msgs.append((pos_w, _lattice_apply(_feature_index(h, w, None),
+                                           _feature_tables(h, w, pos_xy, None))))
     if bi_w != 0.0:
-        bmax = ((w - 1) / bi_xy + 1.0, (h - 1) / bi_xy + 1.0) + (255.0 / bi_rgb + 1.0,) * 3
-        msgs.append((bi_w, _lattice_apply(_bilateral_features(image, bi_xy, bi_rgb), bmax)))
+        msgs.append((bi_w, _lattice_apply(_feature_index(h, w, image),
+                                          _feature_tables(h, w, bi_xy, bi_rgb))))
     return msgs
 
 
@@ -728,8 +745,12 @@ def dense_crf_callback(
     params = _host_params("dense_crf_callback", images, probs, True, **{**defaults, **params})
 
     def host(images_np, probs_np):
-        return _host_batch_np(np.asarray(images_np), np.asarray(probs_np), processes, None,
-                              params)
+        # Under vmap ("broadcast_all") extra leading axes arrive: treat them as batch.
+        probs_np = np.asarray(probs_np)
+        images_np = np.asarray(images_np).reshape(-1, *images_np.shape[-3:])
+        q = _host_batch_np(images_np, probs_np.reshape(-1, *probs_np.shape[-3:]), processes,
+                           None, params)
+        return q.reshape(probs_np.shape)
 
     shape = jax.ShapeDtypeStruct(probs.shape, jnp.float32)
     return jax.pure_callback(host, shape, lax.stop_gradient(images), lax.stop_gradient(probs),
@@ -749,7 +770,7 @@ def sharded_dense_crf_host(
 
     `jax.shard_map` around `dense_crf_callback`: each device's shard goes to the host of that
     device and the result stays sharded `P(axis)` (no gather of the global batch). Usable inside
-    `jit`, e.g. to train with the official (lattice) CRF.
+    `jit`, e.g. to train with pydensecrf2 itself, as the official code does.
 
     Args:
       images: uint8[B, H, W, 3], B divisible by the size of `axis`.

@@ -1,0 +1,108 @@
+"""Data parallelism over every device of every host: a 1-D mesh, shardings, global batches.
+
+The pmap design in today's API (DESIGN.md 1, 3): `jax.jit` over a `Mesh` with axis "data",
+parameters and optimiser state replicated (`P()`), batches sharded along their leading axis
+(`P("data")`); per-device work (region growing, the CRF, host callbacks) through `jax.shard_map`.
+The global batch is assembled from each host's share with `jax.make_array_from_process_local_data`.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+DATA_AXIS = "data"
+
+
+def make_mesh(num_devices: int | None = None) -> Mesh:
+    """A 1-D mesh over all devices (or the first `num_devices`), axis "data", Auto axis type.
+
+    Auto (not JAX 0.10's default Explicit) so that models and losses trace without sharding
+    annotations; per-device steps are written with `per_device`.
+    """
+    devices = jax.devices()
+    if num_devices is not None:
+        if not 1 <= num_devices <= len(devices):
+            raise ValueError(f"num_devices must be in 1..{len(devices)}, got {num_devices}")
+        devices = devices[:num_devices]
+    return Mesh(np.asarray(devices), (DATA_AXIS,), axis_types=(AxisType.Auto,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """Sharding of parameters and optimiser state: a full copy on every device."""
+    return NamedSharding(mesh, P())
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Sharding of batches: leading axis split over "data"."""
+    return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def local_device_count(mesh: Mesh) -> int:
+    """Devices of this process in the mesh."""
+    return sum(d.process_index == jax.process_index() for d in mesh.devices.flat)
+
+
+def pad_local_batch(batch: dict[str, np.ndarray], multiple: int) -> dict[str, np.ndarray]:
+    """Pads a host batch along axis 0 to a multiple of `multiple` by repeating example 0.
+
+    The "valid" field (bool[B], added if absent) is False on the padding, so weighted losses and
+    metrics ignore it: the configured global batch is the same whatever the device count.
+    """
+    n = len(next(iter(batch.values())))
+    out = dict(batch)
+    if "valid" not in out:
+        out["valid"] = np.ones(n, bool)
+    pad = (-n) % multiple
+    if pad:
+        out = {k: np.concatenate([v, np.repeat(v[:1], pad, axis=0)]) for k, v in out.items()}
+        out["valid"][n:] = False
+    return out
+
+
+def global_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """This host's batch -> global arrays sharded `P("data")` over the mesh.
+
+    Non-array fields (e.g. lists of ids) are dropped; string arrays are dropped too.
+    Each host pads its share to a multiple of its local device count (see `pad_local_batch`).
+    """
+    arrays = {k: np.asarray(v) for k, v in batch.items()
+              if isinstance(v, np.ndarray) and v.dtype.kind != "U"}
+    arrays = pad_local_batch(arrays, local_device_count(mesh))
+    sharding = batch_sharding(mesh)
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in arrays.items()}
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+    """Puts a pytree of host/device arrays on every device of the mesh (replicated)."""
+    return jax.device_put(tree, replicated(mesh))
+
+
+def per_device(fn: Callable, mesh: Mesh, num_args: int) -> Callable:
+    """`fn` run on each device's shard of `num_args` batch-sharded arguments (shard_map).
+
+    Use inside jitted steps for per-image work: region growing (each device waits only for its own
+    slowest image) and host callbacks (each host handles only its own shard).
+    """
+    spec = P(DATA_AXIS)
+    return jax.shard_map(fn, mesh=mesh, in_specs=(spec,) * num_args, out_specs=spec)
+
+
+def to_host(x: jax.Array) -> np.ndarray:
+    """A (possibly sharded, possibly multi-host) array as a numpy array of this host's rows.
+
+    Single host: the whole array. Multi-host: the rows of this host's devices, in order.
+    """
+    if jax.process_count() == 1:
+        return np.asarray(x)
+    shards = sorted(x.addressable_shards, key=lambda s: s.index[0].start or 0)
+    seen, rows = set(), []
+    for s in shards:
+        start = s.index[0].start or 0
+        if start not in seen:
+            seen.add(start)
+            rows.append(np.asarray(s.data))
+    return np.concatenate(rows)

@@ -1,0 +1,185 @@
+"""Experiment configuration: every hyperparameter of the pipeline in one nested dataclass.
+
+Defaults are the official DSRG/Caffe values (DESIGN.md 2); `experiments/configs/*.py` derive one
+config per experiment. The resolved config is printed at start and saved as JSON in the workdir.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """Dataset and input sizes."""
+    dataset: str = "voc"                   # "voc" | "coco" | "digits"
+    data_dir: str | None = None            # VOCdevkit / COCO root (not used by digits)
+    train_split: str = "train_aug"
+    val_split: str = "val"
+    num_classes: int = 21                  # background included
+    input_size: int = 321                  # DSRG: whole image warped to 321x321
+    crop_size: int = 321                   # retrain: random 321 crop
+    num_train: int | None = None           # digits only: images per split (None: dataset default)
+    num_val: int | None = None
+    image_size: int = 112                  # digits canvas side
+    saliency_dir: str | None = None        # greyscale saliency PNGs named by image id
+    cues_file: str | None = None           # official cue file (.pickle[.gz]) or our .npz
+    input_convention: str = "caffe"        # "caffe" (BGR - mean) | "torchvision"
+    num_workers: int = 2                   # loader threads
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """Networks. name: "deeplab_vgg16" | "deeplab_resnet101" | "small" (digits, from scratch)."""
+    segmentation: str = "deeplab_vgg16"
+    classifier: str = "cam_vgg16"          # "cam_vgg16" | "small"
+    init_weights: str | None = None        # ImageNet .pth / .safetensors (None: from scratch)
+    widths: tuple[int, ...] = (16, 32, 64)  # "small" models only
+    head_width: int = 64
+    convs_per_block: int = 1
+    small_dilations: tuple[int, ...] = (1, 2, 4, 6)
+    dropout_rate: float = 0.5
+
+
+@dataclasses.dataclass
+class OptimConfig:
+    """Caffe SGD: lr inside the momentum buffer, weight decay, lr multipliers, schedule."""
+    base_lr: float = 5e-4
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "step"                 # "step" | "poly" | "constant"
+    step_size: int = 1000                  # official code: x0.33 every 1000 (paper: /10 / 2000)
+    gamma: float = 0.33
+    power: float = 0.9                     # poly
+    bias_lr_mult: float = 2.0
+    classifier_lr_mult: float = 10.0
+    classifier_bias_lr_mult: float = 20.0
+    batch_size: int = 20
+    max_steps: int = 8000
+
+
+@dataclasses.dataclass
+class CueConfig:
+    """Stage `cues`: CAM classifier training and seed cues (DESIGN.md 2.1)."""
+    optim: OptimConfig = dataclasses.field(default_factory=lambda: OptimConfig(
+        base_lr=1e-3, schedule="step", step_size=2000, gamma=0.1, max_steps=6000))
+    fg_rule: str = "relative"              # SEC code: cam > 0.2 max | paper: "top_fraction" 20%
+    fg_threshold: float = 0.2
+    fg_top_fraction: float = 0.2
+    bg_saliency_threshold: float = 0.06
+    bg_cam_threshold: float = 0.1          # without saliency: max present CAM < 0.1 -> background
+
+
+@dataclasses.dataclass
+class DSRGConfig:
+    """Stage `dsrg`: segmentation training with seeded region growing (DESIGN.md 2.3)."""
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    theta_fg: float = 0.85
+    theta_bg: float = 0.99
+    grow: bool = True                      # False: fixed cues (the ablation baseline)
+    grow_fg: bool = True                   # grow foreground classes
+    grow_bg: bool = True                   # grow background
+    seed_loss: str = "balanced"            # "balanced" (DSRG) | "sec"
+    constrain_loss: bool = True
+    crf_kernel: str = "lattice"            # JAX CRF on the output grid: "lattice" | "exact"
+    crf_bi_w: float = 10.0
+    crf_bi_xy: float = 80.0 / 12.0
+    crf_bi_rgb: float = 13.0
+    crf_pos_w: float = 3.0
+    crf_pos_xy: float = 3.0 / 12.0
+    crf_iterations: int = 10
+    flip: bool = True
+
+
+@dataclasses.dataclass
+class PseudoConfig:
+    """Stage `pseudo`: CRF-refined multi-scale predictions on the train split (DESIGN.md 2.4)."""
+    sizes: tuple[int, ...] = (241, 321, 401)
+    crf: bool = True
+    restrict_to_labels: bool = False       # official: argmax over all classes
+    batch_size: int = 10
+
+
+@dataclasses.dataclass
+class RetrainConfig:
+    """Stage `retrain`: fresh net, fully supervised on the pseudo-labels."""
+    enabled: bool = True
+    optim: OptimConfig = dataclasses.field(default_factory=lambda: OptimConfig(
+        base_lr=1e-3, schedule="poly", power=0.9, batch_size=10, max_steps=20000))
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    """Stage `eval` (DESIGN.md 2.5)."""
+    scales: tuple[float, ...] = (0.75, 1.0, 1.25)
+    crf: bool = True
+    flip: bool = False
+    batch_size: int = 10
+    canvas: int | None = 513               # pad images to this side (None: all the same size)
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """Checkpoints, logging, seeds."""
+    seed: int = 0
+    checkpoint_every: int = 500
+    log_every: int = 20
+    keep_checkpoints: int = 2
+    image_log_every: int = 1000            # TensorBoard image grids
+    num_figure_images: int = 4
+
+
+@dataclasses.dataclass
+class Config:
+    """The whole experiment."""
+    name: str = "voc"
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    cues: CueConfig = dataclasses.field(default_factory=CueConfig)
+    dsrg: DSRGConfig = dataclasses.field(default_factory=DSRGConfig)
+    pseudo: PseudoConfig = dataclasses.field(default_factory=PseudoConfig)
+    retrain: RetrainConfig = dataclasses.field(default_factory=RetrainConfig)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    run: RunConfig = dataclasses.field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+def _from_dict(cls, values: dict):
+    kwargs = {}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key, value in values.items():
+        if key not in fields:
+            raise ValueError(f"config: unknown field {cls.__name__}.{key}")
+        default = getattr(cls(), key) if dataclasses.is_dataclass(cls) else None
+        if dataclasses.is_dataclass(default):
+            kwargs[key] = _from_dict(type(default), value)
+        elif isinstance(default, tuple) and isinstance(value, list):
+            kwargs[key] = tuple(value)
+        else:
+            kwargs[key] = value
+    return cls(**kwargs)
+
+
+def config_from_dict(values: dict) -> Config:
+    """Inverse of `Config.to_dict` (unknown keys are an error)."""
+    return _from_dict(Config, values)
+
+
+def override(config: Config, **dotted: Any) -> Config:
+    """Copy of `config` with dotted-path fields replaced: override(c, **{"dsrg.optim.max_steps": 5})."""
+    values = config.to_dict()
+    for path, value in dotted.items():
+        node = values
+        *parents, leaf = path.split(".")
+        for p in parents:
+            node = node[p]
+        if leaf not in node:
+            raise ValueError(f"config: unknown field {path}")
+        node[leaf] = value
+    return config_from_dict(values)

@@ -1,0 +1,165 @@
+"""The resumable training loop: checkpoints, SIGTERM / Ctrl-C, NaN guard, logging, progress.
+
+`train_loop` runs one stage from its latest checkpoint (or step 0) to `max_steps`:
+  - resume: parameters, optimiser state, step, RNG and the data position (`Pipeline.state()`)
+    come back from the last checkpoint, plus whatever the stage's `hook` keeps;
+  - SIGTERM (preemption) or Ctrl-C: the current step finishes, a checkpoint is saved, and
+    `Preempted` is raised (the CLIs exit with 128 + signal number);
+  - a non-finite loss raises `TrainingDiverged` without saving: the last good checkpoint stays.
+"""
+from __future__ import annotations
+
+import math
+import signal
+import time
+from typing import Any, Callable, Protocol
+
+import jax
+import numpy as np
+
+from dsrg_jax.sharding import global_batch
+from dsrg_jax.train.checkpoint import Checkpoints
+from dsrg_jax.train.logging import MetricsWriter, log, progress
+
+
+class Preempted(Exception):
+    """The run was stopped by a signal after saving a checkpoint; rerun to resume."""
+
+    def __init__(self, signum: int, stage: str, step: int, directory: str):
+        self.signum = signum
+        super().__init__(
+            f"{signal.Signals(signum).name}: saved stage {stage!r} at step {step} in {directory}; "
+            f"rerun the same command to resume")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN/inf; the last good checkpoint is kept."""
+
+
+class Hook(Protocol):
+    """Per-stage bookkeeping carried in checkpoints (e.g. supervision quality per epoch)."""
+
+    def update(self, step: int, metrics: dict[str, np.ndarray]) -> dict[str, float]: ...
+
+    def state(self) -> dict: ...
+
+    def restore(self, state: dict) -> None: ...
+
+
+class _Signals:
+    """Turns SIGTERM / SIGINT into a flag while installed (a second Ctrl-C interrupts at once)."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self._old = {}
+
+    def _handle(self, signum, frame):
+        if self.received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = signum
+        log(f"received {signal.Signals(signum).name}: finishing this step, then saving")
+
+    def __enter__(self):
+        for s in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[s] = signal.signal(s, self._handle)
+            except ValueError:  # not the main thread: no handlers
+                pass
+        return self
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def train_loop(
+    *,
+    stage: str,
+    state: Any,
+    step_fn: Callable,
+    make_pipeline: Callable[[dict | None], Any],
+    mesh,
+    max_steps: int,
+    checkpoints: Checkpoints,
+    writer: MetricsWriter,
+    lr_fn: Callable[[int], float] | None = None,
+    hook: Hook | None = None,
+    checkpoint_every: int = 500,
+    log_every: int = 20,
+    on_step: Callable[[int, dict, dict], None] | None = None,
+) -> tuple[Any, dict]:
+    """Trains one stage to `max_steps`, resuming from the latest checkpoint.
+
+    Args:
+      stage: name used in logs, metrics and messages.
+      state: a fresh (replicated) state; replaced by the checkpoint's when one exists.
+      step_fn: jitted (state, batch) -> (state, aux) with aux["metrics"]["loss"].
+      make_pipeline: data-position dict (or None) -> a `Pipeline` positioned there.
+      mesh: the device mesh (batches are sharded over it).
+      max_steps: total steps of the stage.
+      checkpoints: this stage's checkpoint manager.
+      writer: metrics writer.
+      lr_fn: step -> learning rate, logged.
+      hook: per-stage bookkeeping, saved in the checkpoint's metadata.
+      checkpoint_every, log_every: in steps.
+      on_step: optional (step, batch, aux) callback (e.g. TensorBoard images), after the step.
+
+    Returns:
+      (final state, the last logged metrics).
+    """
+    start = 0
+    meta: dict = {}
+    if checkpoints.latest_step() is not None:
+        state, meta = checkpoints.restore(state)
+        start = int(meta["step"])
+        if hook is not None and "hook" in meta:
+            hook.restore(meta["hook"])
+        log(f"[{stage}] resumed from checkpoint at step {start} ({checkpoints.directory})")
+    if start >= max_steps:
+        return state, meta.get("last", {})
+    pipe = make_pipeline(meta.get("pipeline"))
+
+    def save(step: int) -> None:
+        checkpoints.save(step, state, {"step": step, "pipeline": pipe.state(),
+                                       "hook": hook.state() if hook else {}, "last": last})
+
+    last: dict = {}
+    t0, n0 = time.perf_counter(), start
+    bar = progress(max_steps, start, stage)
+    try:
+        with _Signals() as signals:
+            for step in range(start, max_steps):
+                batch_np = next(pipe)
+                batch = global_batch(batch_np, mesh)
+                new_state, aux = step_fn(state, batch)
+                metrics = jax.device_get(aux["metrics"])
+                loss = float(metrics["loss"])
+                if not math.isfinite(loss):
+                    kept = checkpoints.latest_step()
+                    raise TrainingDiverged(
+                        f"[{stage}] loss is {loss} at step {step + 1}: stopped. The last good "
+                        f"checkpoint ({'none' if kept is None else f'step {kept}'}) is kept in "
+                        f"{checkpoints.directory}; lower the learning rate or check the inputs")
+                state = new_state
+                scalars = {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0}
+                if hook is not None:
+                    scalars.update(hook.update(step + 1, metrics))
+                if lr_fn is not None:
+                    scalars["lr"] = float(lr_fn(step))
+                last = scalars
+                if on_step is not None:
+                    on_step(step + 1, batch_np, aux)
+                bar.update(1)
+                done = step + 1
+                if done % log_every == 0 or done == max_steps:
+                    rate = (done - n0) / max(time.perf_counter() - t0, 1e-9)
+                    writer.scalars(stage, done, {**scalars, "steps_per_s": rate})
+                    bar.set_postfix(loss=f"{loss:.4f}")
+                if done % checkpoint_every == 0 or done == max_steps or signals.received:
+                    save(done)
+                if signals.received:
+                    raise Preempted(signals.received, stage, done, str(checkpoints.directory))
+    finally:
+        bar.close()
+        pipe.close()
+    return state, last

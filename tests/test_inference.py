@@ -1,0 +1,146 @@
+"""Multi-scale inference equals running each scale by hand (OpenCV resizes) and summing."""
+import cv2
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import linen as nn
+
+from dsrg_jax import inference
+from dsrg_jax.data.files import read_label_png
+from dsrg_jax.data.records import Record
+from dsrg_jax.data.transforms import normalize as np_normalize
+from dsrg_jax.ops.crf import dense_crf_host
+
+NUM_CLASSES = 5
+
+
+class TinyNet(nn.Module):
+    """Output stride 4, like a (very) small DeepLab: logits are coarser than the input."""
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = nn.relu(nn.Conv(8, (3, 3), strides=2)(x / 64.0))
+        return nn.Conv(NUM_CLASSES, (3, 3), strides=2)(x)
+
+
+@pytest.fixture(scope="module")
+def net():
+    model = TinyNet()
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
+    return model.apply, variables
+
+
+@pytest.fixture(scope="module")
+def images():
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 256, size=(3, 10, 12, 3)).astype(np.uint8)
+    return np.stack([cv2.resize(b, (47, 39), interpolation=cv2.INTER_CUBIC) for b in base])
+
+
+def by_hand(apply_fn, variables, images, scales, flip):
+    """Each scale separately with OpenCV (float INTER_LINEAR) and numpy, summed."""
+    b, h, w, _ = images.shape
+    total = np.zeros((b, h, w, NUM_CLASSES), np.float64)
+    x_full = np_normalize(images, "caffe")
+    for s in scales:
+        sh, sw = max(1, round(h * s)), max(1, round(w * s))
+        for n in range(b):
+            x = cv2.resize(x_full[n], (sw, sh), interpolation=cv2.INTER_LINEAR)
+            variants = [(x, False)] + ([(x[:, ::-1], True)] if flip else [])
+            for xin, mirrored in variants:
+                logits = np.asarray(apply_fn(variables, jnp.asarray(xin[None].copy())))[0]
+                up = cv2.resize(logits, (w, h), interpolation=cv2.INTER_LINEAR)
+                total[n] += up[:, ::-1] if mirrored else up
+    return total
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_multi_scale_logits_equal_each_scale_by_hand_summed(net, images, flip):
+    apply_fn, variables = net
+    scales = (0.75, 1.0, 1.25)
+    got = np.asarray(inference.multi_scale_logits(apply_fn, images, variables=variables,
+                                                  scales=scales, flip=flip))
+    want = by_hand(apply_fn, variables, images, scales, flip)
+    assert got.shape == images.shape[:3] + (NUM_CLASSES,)
+    np.testing.assert_allclose(got, want, atol=1e-5 * np.abs(want).max())
+
+
+def test_one_scale_and_closure_form(net, images):
+    apply_fn, variables = net
+    closed = lambda x: apply_fn(variables, x)  # noqa: E731
+    got = np.asarray(inference.multi_scale_logits(closed, images, scales=(0.5,)))
+    want = by_hand(apply_fn, variables, images, (0.5,), False)
+    np.testing.assert_allclose(got, want, atol=1e-5 * np.abs(want).max())
+
+
+def test_segment_argmax_all_classes_or_labelled_classes(net, images):
+    apply_fn, variables = net
+    seg = inference.segment(apply_fn, images, variables=variables)
+    logits = by_hand(apply_fn, variables, images, inference.DEFAULT_SCALES, False)
+    np.testing.assert_allclose(seg.logits, logits, atol=1e-5 * np.abs(logits).max())
+    e = np.exp(seg.logits - seg.logits.max(-1, keepdims=True))
+    np.testing.assert_allclose(seg.probs, e / e.sum(-1, keepdims=True), atol=1e-6)
+    np.testing.assert_array_equal(seg.labels, np.argmax(seg.logits, -1))
+    assert seg.labels_crf is None and seg.final is seg.labels
+
+    labels = np.zeros((len(images), NUM_CLASSES), bool)
+    labels[:, 2] = True
+    labels[0, 3] = True
+    restricted = inference.segment(apply_fn, images, variables=variables, image_labels=labels)
+    allowed = labels.copy()
+    allowed[:, 0] = True  # background always allowed
+    want = np.argmax(np.where(allowed[:, None, None], seg.logits, -np.inf), -1)
+    np.testing.assert_array_equal(restricted.labels, want)
+    assert set(np.unique(restricted.labels[1])) <= {0, 2}
+    np.testing.assert_allclose(restricted.probs[..., 1], 0.0)
+
+
+def test_crf_matches_pydensecrf_per_image(net, images):
+    apply_fn, variables = net
+    seg = inference.segment(apply_fn, images, variables=variables, crf=True, crf_processes=1)
+    for n in range(len(images)):
+        q = dense_crf_host(images[n], seg.probs[n])
+        np.testing.assert_allclose(seg.probs_crf[n], q, atol=1e-6)
+        np.testing.assert_array_equal(seg.labels_crf[n], np.argmax(q, -1))
+    assert seg.final is seg.labels_crf
+    with pytest.raises(TypeError, match="uint8"):
+        inference.segment(apply_fn, images.astype(np.float32), variables=variables, crf=True)
+
+
+def test_bad_arguments_name_themselves(net, images):
+    apply_fn, variables = net
+    with pytest.raises(ValueError, match="images must be"):
+        inference.multi_scale_logits(apply_fn, images[0], variables=variables)
+    with pytest.raises(ValueError, match="scales"):
+        inference.multi_scale_logits(apply_fn, images, variables=variables, scales=(0.0,))
+    with pytest.raises(ValueError, match="image_labels"):
+        inference.segment(apply_fn, images, variables=variables,
+                          image_labels=np.ones((1, NUM_CLASSES), bool))
+    with pytest.raises(ValueError, match="normalize"):
+        inference.segment(apply_fn, images, variables=variables, normalize="bgr")
+
+
+def test_group_by_size_keeps_every_index_once():
+    sizes = [(10, 12), (8, 8), (10, 12), (10, 12), (8, 8)]
+    groups = inference.group_by_size(sizes, batch_size=2)
+    assert sorted(i for g in groups for i in g) == list(range(5))
+    assert all(len({sizes[i] for i in g}) == 1 and len(g) <= 2 for g in groups)
+
+
+def test_predict_records_writes_palette_pngs(net, images, tmp_path):
+    apply_fn, variables = net
+    labels = np.zeros(NUM_CLASSES, bool)
+    labels[[0, 1]] = True
+    small = np.ascontiguousarray(images[0, :20, :30])
+    recs = [Record(f"im{i}", img, labels) for i, img in enumerate([images[0], small, images[1]])]
+    out = inference.predict_records(apply_fn, recs, variables=variables, batch_size=2,
+                                    out_dir=tmp_path)
+    assert sorted(out) == ["im0", "im1", "im2"]
+    for r in recs:
+        written = read_label_png(tmp_path / f"{r.image_id}.png", NUM_CLASSES)
+        np.testing.assert_array_equal(written, out[r.image_id])
+        alone = inference.segment(apply_fn, r.image[None], variables=variables).labels[0]
+        np.testing.assert_array_equal(out[r.image_id], alone)
+    restricted = inference.predict_records(apply_fn, recs, variables=variables, use_labels=True)
+    assert all(set(np.unique(v)) <= {0, 1} for v in restricted.values())
