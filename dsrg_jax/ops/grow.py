@@ -14,8 +14,11 @@ Because the label map gives each pixel one label, the components of all classes 
 single-channel flood fill grows them all at once: a pixel is reached when a neighbour with the same
 label is reached. Each `lax.while_loop` iteration runs a whole-run fill along rows, one along columns
 (log-depth prefix ORs over runs of equal label, so a straight region fills in one step, not one pixel
-per step) and one diagonal dilation; the loop stops when nothing changes. All masks that depend only
-on the label map are computed once, outside the loop.
+per step) and one diagonal dilation; the loop stops when nothing changes. The fill works on
+bit-packed planes (bit b of a uint32 word = image b), so one word operation advances 32 images, and
+the label-equality masks it needs are built once, outside the loop, from bit planes of the label
+map. Per pixel, the C cue channels are packed into ceil(C / 32) words too, so the multi-hot rules
+(highest cue class, "cue of exactly one other class") are word operations instead of passes over C.
 """
 from __future__ import annotations
 
