@@ -17,6 +17,11 @@ over the whole batch (compiled once per (apply_fn, scale, image shape)); pass th
 object on every call so the compiled code is reused, and the variables through `variables` rather
 than a closure (a closure bakes them into the compiled code as constants).
 
+A whole split: `predict_records(apply_fn, records, variables=..., canvas=500, out_dir=...)` batches
+images of any size (padded to a canvas, or grouped by size) and writes VOC palette PNGs that
+`python -m dsrg_jax.evaluate` scores. The CRF's process pool is spawned: a script that uses it
+(crf_processes None or > 1) needs the `if __name__ == "__main__":` guard.
+
 Images are normalised at full size (`normalize`: "caffe", "imagenet", None for float32 input as it
 is, or a function), then resized bilinearly (half-pixel centres, no antialiasing: what OpenCV's
 INTER_LINEAR does) to round(scale * side).
@@ -32,7 +37,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dsrg_jax.data.transforms import CAFFE_MEAN_BGR, IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
+from dsrg_jax.data.transforms import (CAFFE_MEAN_BGR, IMAGENET_MEAN_RGB, IMAGENET_STD_RGB,
+                                      MEAN_RGB_UINT8)
 from dsrg_jax.ops.crf import TEST_CRF, dense_crf_host_batch
 
 DEFAULT_SCALES: tuple[float, ...] = (0.75, 1.0, 1.25)  # official multi-scale test (DESIGN 2.5)
@@ -185,6 +191,19 @@ def segment(apply_fn: ApplyFn, images: np.ndarray, *, variables: Any = None,
     """
     logits = multi_scale_logits(apply_fn, images, variables=variables, scales=scales, flip=flip,
                                 normalize=normalize)
+    return finish(logits, images, image_labels=image_labels, crf=crf, crf_params=crf_params,
+                  crf_processes=crf_processes)
+
+
+def finish(logits: jax.Array | np.ndarray, images: np.ndarray, *,
+           image_labels: np.ndarray | None = None, crf: bool = False,
+           crf_params: Mapping[str, Any] | None = None,
+           crf_processes: int | None = None) -> Segmentation:
+    """Summed logits float[B, H, W, C] -> softmax, optional CRF, argmax (see `segment`).
+
+    images: uint8[B, H, W, 3], used by the CRF only.
+    """
+    logits = jnp.asarray(logits)
     b, _, _, c = logits.shape
     allowed = label_mask(image_labels, c, b)
     masked = logits if allowed is None else jnp.where(allowed[:, None, None, :], logits, -jnp.inf)
@@ -205,7 +224,7 @@ def segment(apply_fn: ApplyFn, images: np.ndarray, *, variables: Any = None,
 
 
 def group_by_size(sizes: Sequence[tuple[int, int]], batch_size: int) -> list[list[int]]:
-    """Indices grouped into batches of equal (H, W), at most `batch_size` each, in first-seen order."""
+    """Indices in batches of equal (H, W), at most `batch_size` each, in first-seen order."""
     groups: dict[tuple[int, int], list[int]] = {}
     for i, hw in enumerate(sizes):
         groups.setdefault(tuple(hw), []).append(i)
@@ -213,33 +232,82 @@ def group_by_size(sizes: Sequence[tuple[int, int]], batch_size: int) -> list[lis
             for k in range(0, len(idx), batch_size)]
 
 
-def predict_records(apply_fn: ApplyFn, records: Sequence[Any], *, batch_size: int = 8,
+def pad_to_canvas(images: Sequence[np.ndarray], canvas: int, *,
+                  fill: Sequence[int] = MEAN_RGB_UINT8) -> np.ndarray:
+    """Images uint8[h_i, w_i, 3] (h_i, w_i <= canvas) -> uint8[B, canvas, canvas, 3], each at the
+    top left, the rest filled with the mean colour (0 after Caffe mean subtraction), as DeepLab's
+    test-time padding."""
+    out = np.empty((len(images), canvas, canvas, 3), np.uint8)
+    out[:] = np.asarray(fill, np.uint8)
+    for i, im in enumerate(images):
+        h, w = im.shape[:2]
+        if h > canvas or w > canvas:
+            raise ValueError(f"image {i} is {h}x{w}, larger than the canvas {canvas}x{canvas}")
+        out[i, :h, :w] = im
+    return out
+
+
+def predict_records(apply_fn: ApplyFn, records: Sequence[Any], *, variables: Any = None,
+                    batch_size: int = 8, canvas: int | None = None,
                     out_dir: str | pathlib.Path | None = None, use_labels: bool = False,
-                    **segment_kwargs: Any) -> dict[str, np.ndarray]:
-    """Predicts every record (`dsrg_jax.data.Record`: image, labels), batching equal sizes.
+                    scales: Sequence[float] = DEFAULT_SCALES, flip: bool = False,
+                    normalize: Normalize = "caffe", crf: bool = False,
+                    crf_params: Mapping[str, Any] | None = None,
+                    crf_processes: int | None = None) -> dict[str, np.ndarray]:
+    """Predicts every record (`dsrg_jax.data.Record`: image, labels) of a split.
+
+    Two ways to batch images of different sizes:
+      * canvas None: batches of equal-size images only (exact; one compile per size and scale).
+      * canvas S: every image padded to S x S with the mean colour (DeepLab's test-time padding;
+        VOC: 500), one compile per scale; the logits are cropped back to each image. Near the
+        padded border the network sees the padding, so results differ slightly from canvas None.
 
     Args:
-      apply_fn: the network (see `segment`; pass `variables=` etc. in `segment_kwargs`).
+      apply_fn, variables: the network (see `scale_logits`).
       records: records with `.image_id`, `.image` uint8[H, W, 3], `.labels` bool[C].
-      batch_size: images per call (same size only; VOC's mixed sizes make small batches).
+      batch_size: images per network call.
+      canvas: see above.
       out_dir: if given, each prediction is written there as `{image_id}.png`, a VOC palette
         PNG (what the VOC test server expects).
       use_labels: restrict the argmax to each record's labelled classes.
-      **segment_kwargs: passed to `segment` (scales, flip, normalize, crf, ...).
+      scales, flip, normalize, crf, crf_params, crf_processes: as `segment`.
 
     Returns:
       {image_id: uint8[H, W]} final predictions (after the CRF if crf=True).
     """
     from dsrg_jax.data.files import write_label_png
 
+    net = dict(variables=variables, scales=scales, flip=flip, normalize=normalize)
+    post = dict(crf=crf, crf_params=crf_params, crf_processes=crf_processes)
     out: dict[str, np.ndarray] = {}
-    for batch in group_by_size([r.image.shape[:2] for r in records], batch_size):
-        recs = [records[i] for i in batch]
-        labels = np.stack([r.labels for r in recs]) if use_labels else None
-        seg = segment(apply_fn, np.stack([r.image for r in recs]), image_labels=labels,
-                      **segment_kwargs)
+
+    def emit(recs, seg):
         for r, pred in zip(recs, seg.final):
             out[r.image_id] = pred
             if out_dir is not None:
                 write_label_png(pathlib.Path(out_dir) / f"{r.image_id}.png", pred)
+
+    def labels_of(recs):
+        return np.stack([r.labels for r in recs]) if use_labels else None
+
+    if canvas is None:
+        for batch in group_by_size([r.image.shape[:2] for r in records], batch_size):
+            recs = [records[i] for i in batch]
+            emit(recs, segment(apply_fn, np.stack([r.image for r in recs]),
+                               image_labels=labels_of(recs), **net, **post))
+        return out
+    for start in range(0, len(records), batch_size):
+        recs = list(records[start:start + batch_size])
+        for r in recs:
+            if max(r.image.shape[:2]) > canvas:
+                raise ValueError(f"image {r.image_id!r} is {r.image.shape[0]}x"
+                                 f"{r.image.shape[1]}, larger than canvas={canvas}")
+        logits = np.asarray(multi_scale_logits(
+            apply_fn, pad_to_canvas([r.image for r in recs], canvas), **net))
+        # Crops of equal size go through softmax / CRF together (the CRF pool sees a batch).
+        for group in group_by_size([r.image.shape[:2] for r in recs], len(recs)):
+            h, w = recs[group[0]].image.shape[:2]
+            sub = [recs[i] for i in group]
+            emit(sub, finish(logits[group, :h, :w], np.stack([r.image for r in sub]),
+                             image_labels=labels_of(sub), **post))
     return out

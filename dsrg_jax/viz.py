@@ -189,7 +189,8 @@ def save_cue_growth_figure(
       images: uint8[N, H, W, 3].
       cues: bool[N, h, w, C] original cues.
       grown: {column name or epoch: bool[N, h, w, C]} grown cues, in column order (an int key k
-        is titled "grown, epoch k").
+        is titled "grown, epoch k"); an int[N, h, w] label map (e.g. the network's argmax at
+        that point) is drawn as labels.
       predictions: optional int[N, H', W'] final label maps.
       ground_truth: optional int[N, H', W'] (255 = ignore).
       image_ids: optional row titles.
@@ -207,8 +208,8 @@ def save_cue_growth_figure(
             raise ValueError(f"save_cue_growth_figure: {name} has {len(a)} images, `images` {n}")
     cols = ["image", "original cues"] + [
         f"grown, epoch {k}" if isinstance(k, (int, np.integer)) else str(k) for k in grown]
-    rows = [[images[i], np.asarray(cues[i], bool)]
-            + [np.asarray(g[i], bool) for g in grown.values()] for i in range(n)]
+    rows = [[images[i], np.asarray(cues[i], bool)] + [np.asarray(g[i]) for g in grown.values()]
+            for i in range(n)]
     if predictions is not None:
         cols.append("prediction")
         for i in range(n):

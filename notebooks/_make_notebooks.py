@@ -68,7 +68,7 @@ print("jax", jax.__version__, "on", jax.devices()[0].platform)'''),
 10,582 VOC 2012 train_aug images on a 41x41 grid over the image warped to 321x321. Set
 `DSRG_CUE_FILE` (or edit `CUE_FILE`) to where yours is; a converted `.npz` works too. `VOC_ROOT`
 (optional) is a `VOCdevkit/VOC2012` folder for the pictures and ground truth.'''),
-        v4.new_code_cell(r'''SHARED = ROOT.parent / "shared" / "data"  # the project's test data, when present
+        v4.new_code_cell(r'''SHARED = ROOT.parent / "shared" / "data"  # the project's test data
 CUE_FILE = pathlib.Path(os.environ.get("DSRG_CUE_FILE",
                                        SHARED / "sec" / "localization_cues.pickle.gz"))
 VOC_ROOT = pathlib.Path(os.environ.get("DSRG_VOC_ROOT", SHARED / "voc_mini" / "VOC2012"))
@@ -97,7 +97,7 @@ A trained network's class probabilities would go here; these are smooth syntheti
 the cues (`synthetic_probs`), enough to see the rule at work: a pixel joins a cue's region when it
 is connected to it and the network gives that class more than `theta_fg` (0.85; background
 `theta_bg`, 0.99). The result is checked against the plain numpy/scipy version of the rules.'''),
-        v4.new_code_cell(r'''probs = synthetic_probs(cues, labels, np.random.default_rng(0))   # float[B, 41, 41, 21]
+        v4.new_code_cell(r'''probs = synthetic_probs(cues, labels, np.random.default_rng(0))  # [B, 41, 41, 21]
 grow = jax.jit(dsrg_jax.dsrg_grow, static_argnames=("theta_fg", "theta_bg"))
 grown = np.asarray(grow(probs, cues, labels))                      # bool[B, 41, 41, 21]
 grown_low = np.asarray(grow(probs, cues, labels, theta_fg=0.7))
@@ -105,8 +105,11 @@ assert np.array_equal(grown, dsrg_grow_scipy(probs, cues, labels))
 
 print(f"{'image':<14}{'cue pixels':>11}{'grown':>8}{'grown (0.7)':>13}")
 for i, c, g, g7 in zip(ids, cues, grown, grown_low):
-    print(f"{i:<14}{c.any(-1).mean():>11.1%}{g.any(-1).mean():>8.1%}{g7.any(-1).mean():>13.1%}")'''),
-        v4.new_code_cell(r'''def picture(image_id):
+    cover = [x.any(-1).mean() for x in (c, g, g7)]
+    print(f"{i:<14}{cover[0]:>11.1%}{cover[1]:>8.1%}{cover[2]:>13.1%}")'''),
+        v4.new_code_cell(r'''import cv2
+
+def picture(image_id):
     path = VOC_ROOT / "JPEGImages" / f"{image_id}.jpg"
     return read_image(path) if path.exists() else np.full((321, 321, 3), 200, np.uint8)
 
@@ -114,20 +117,21 @@ def truth(image_id):
     path = VOC_ROOT / "SegmentationClass" / f"{image_id}.png"
     return read_label_png(path, 21) if path.exists() else None
 
-images = [picture(i) for i in ids]
+# The cue grid covers the whole image warped to 321x321: show pictures and truth warped so too.
+warp = lambda a, interp: cv2.resize(a, (321, 321), interpolation=interp)
+images = np.stack([warp(picture(i), cv2.INTER_LINEAR) for i in ids])
 gts = [truth(i) for i in ids]
-size = max(im.shape[0] for im in images), max(im.shape[1] for im in images)
-pad = lambda a, v: np.pad(a, [(0, size[0] - a.shape[0]), (0, size[1] - a.shape[1])]
-                          + [(0, 0)] * (a.ndim - 2), constant_values=v)
+gts = (np.stack([warp(g, cv2.INTER_NEAREST) for g in gts])
+       if all(g is not None for g in gts) else None)
 viz.save_cue_growth_figure(
-    WORKDIR / "quickstart_growth.png", np.stack([pad(im, 255) for im in images]), cues,
+    WORKDIR / "quickstart_growth.png", images, cues,
     {"synthetic probs (argmax)": np.argmax(np.where(labels[:, None, None], probs, -1), -1),
      "grown, theta_fg=0.85": grown, "grown, theta_fg=0.7": grown_low},
-    ground_truth=(np.stack([pad(g, 255) for g in gts]) if all(g is not None for g in gts)
-                  else None),
-    image_ids=ids, class_names=VOC_CLASSES, title="dsrg_grow on real SEC cue layouts")
+    ground_truth=gts, image_ids=ids, class_names=VOC_CLASSES,
+    title="dsrg_grow on real SEC cue layouts")
 display(Image(str(WORKDIR / "quickstart_growth.png")))'''),
-        v4.new_markdown_cell(r'''Black: background cues; colours: object cues (VOC palette); light: no cue (unlabelled).
+        v4.new_markdown_cell(r'''Black: background cues; colours: object cues (VOC palette); light: no cue
+(unlabelled).
 The grown cues are the supervision of the balanced seed loss at this step; in training the
 network's own (CRF-refined) probabilities take the place of the synthetic maps, and growth
 restarts from the original cues at every step.'''),
@@ -137,7 +141,88 @@ restarts from the original cues at every step.'''),
 
 
 def digits_cells() -> list:
-    return []
+    return [
+        v4.new_markdown_cell(r'''## 3. The whole pipeline on the embedded digits dataset
+
+`python -m experiments.digits` runs DSRG end to end on a CPU, from scratch, with no downloads:
+MNIST digits pasted on photographs (both shipped inside pip packages), 10 classes + background.
+Stages: **cues** (CAM classifier -> seed cues) -> **dsrg** (segmentation net trained on cues
+grown at every step) -> **pseudo** (multi-scale + CRF pseudo-labels) -> **retrain** -> **eval**
+(multi-scale + CRF, val mIoU). It writes `results.json` and figures to its workdir.
+
+`DIGITS_FLAGS` below are the smallest settings, so that this notebook runs in about a minute;
+the numbers are then only a smoke test. Remove `--max-steps 10 --batch-size 8` for the quick run
+(a few minutes on 2 CPU cores), and `--quick` too for the full run (the README's figures).'''),
+        v4.new_code_cell(r'''import json
+
+DIGITS_DIR = WORKDIR / "digits"
+DIGITS_FLAGS = os.environ.get("DSRG_DIGITS_FLAGS", "--quick --max-steps 10 --batch-size 8")
+cmd = [sys.executable, "-m", "experiments.digits", *DIGITS_FLAGS.split(),
+       "--workdir", str(DIGITS_DIR)]
+print(" ".join(cmd[1:]))
+done = subprocess.run(cmd, capture_output=True, text=True)
+log = (done.stdout + done.stderr).splitlines()
+print("\n".join(line for line in log if "finished" in line or "mIoU" in line))
+if done.returncode:
+    print("\n".join(log[-40:]))
+    raise RuntimeError(f"experiments.digits exited with status {done.returncode}")
+
+results = json.loads((DIGITS_DIR / "results.json").read_text())
+for stage, miou in results["miou"].items():
+    print(f"{stage:<8} val mIoU {100 * miou:5.1f}")'''),
+        v4.new_markdown_cell(r'''The run's own figures: the supervision growing during the dsrg stage (the paper's Fig. 1)
+and its precision / recall / IoU against the ground truth per epoch (Fig. 4).'''),
+        v4.new_code_cell(r'''for name in ("growth.png", "supervision.png"):
+    display(Image(str(DIGITS_DIR / "figures" / name)))'''),
+        v4.new_markdown_cell(r'''## 4. Scores, predictions with and without the CRF
+
+Per-class IoU of the final (retrained) net, and that net's multi-scale predictions on a few val
+images through `dsrg_jax.inference.segment` (scales 0.75, 1, 1.25, logits summed at full size),
+before and after the full-resolution dense CRF.'''),
+        v4.new_code_cell(r'''from dsrg_jax import inference
+from dsrg_jax.data import DIGIT_CLASSES
+
+final = results["eval"]["retrain"]
+iou = [np.nan if v is None else 100 * v for v in final["iou_per_class"]]
+viz.save_class_iou_bars(WORKDIR / "digits_iou.png", iou, DIGIT_CLASSES,
+                        title="digits val: IoU per class (retrained net, multi-scale + CRF)")
+display(Image(str(WORKDIR / "digits_iou.png")))'''),
+        v4.new_code_cell(r'''from dsrg_jax.train import stages
+from dsrg_jax.train.config import config_from_dict
+from dsrg_jax.train.data import make_source
+
+cfg = config_from_dict(json.loads((DIGITS_DIR / "config.json").read_text()))
+exp = stages.Experiment.create(cfg, DIGITS_DIR)
+model, variables, convention = stages.load_stage_variables(exp, "retrain", "seg", 2)
+
+val = make_source(cfg, "val", with_saliency=False)   # the run's val split
+records = [val[i] for i in range(4)]
+seg = inference.segment(lambda v, x: model.apply(v, x, train=False),
+                        np.stack([r.image for r in records]), variables=variables,
+                        scales=cfg.eval.scales, normalize=convention.normalize, crf=True,
+                        crf_processes=1)
+viz.save_overlay_figure(WORKDIR / "digits_overlays.png", np.stack([r.image for r in records]),
+                        seg.labels, predictions_crf=seg.labels_crf,
+                        ground_truth=np.stack([r.mask for r in records]),
+                        image_ids=[r.image_id for r in records], class_names=DIGIT_CLASSES)
+display(Image(str(WORKDIR / "digits_overlays.png")))'''),
+        v4.new_markdown_cell(r'''## 5. Scoring prediction folders: `python -m dsrg_jax.evaluate`
+
+Any folder of label PNGs can be scored against ground truth with the standard protocol (one
+confusion matrix over the split, 255 ignored, mean over classes). Here: the pseudo-labels the run
+made for its training images, against the digits ground truth written as a VOC-style tree. The
+mIoU is the one the run logged for its pseudo-labels.'''),
+        v4.new_code_cell(r'''from dsrg_jax import evaluate
+from dsrg_jax.data.digits import export_voc_tree
+
+pseudo = DIGITS_DIR / "pseudo_labels"
+voc = export_voc_tree(WORKDIR / "digits_voc", num_train=len(list(pseudo.glob("*.png"))),
+                      num_val=1, size=cfg.data.image_size)
+scores = evaluate.main(["--gt", str(voc / "SegmentationClass"), "--pred", str(pseudo),
+                        "--list", str(voc / "ImageSets" / "Segmentation" / "train.txt"),
+                        "--num-classes", "11", "--json", str(WORKDIR / "pseudo_scores.json")])
+print("logged by the run:", round(100 * results["pseudo_label_train_miou"], 2))'''),
+    ]
 
 
 def train_step() -> nbformat.NotebookNode:
@@ -171,19 +256,19 @@ print("jax", jax.__version__, "on", jax.devices()[0].platform)'''),
 In DSRG the cues come from class activation maps and saliency. To keep this notebook about the
 train step, the cues here are made from the masks the way CAM cues look: a sparse, precise subset
 of each digit's cells and background far from any digit; everything else is unlabelled.'''),
-        v4.new_code_cell(r'''def make_cues(mask, rng, keep=0.4):
-    """mask uint8[SIZE, SIZE] -> bool[SIZE/STRIDE, SIZE/STRIDE, C] sparse seed cues."""
+        v4.new_code_cell(r'''def make_cues(mask, rng, keep=0.4, margin=2):
+    """mask uint8[SIZE, SIZE] -> bool[SIZE/STRIDE, SIZE/STRIDE, C] seed cues: a random `keep`
+    share of the cells mostly covered by a digit; background more than `margin` cells away."""
     g = SIZE // STRIDE
     blocks = mask.reshape(g, STRIDE, g, STRIDE).transpose(0, 2, 1, 3).reshape(g, g, -1)
     frac = np.stack([(blocks == c).mean(-1) for c in range(C)], -1)     # [g, g, C]
     cues = (frac >= 0.4) & (rng.random((g, g, 1)) < keep)
-    cues[..., 0] = False
-    near_digit = np.zeros((g, g), bool)
     digit = frac[..., 1:].sum(-1) > 0
-    for dy in (-2, -1, 0, 1, 2):
-        for dx in (-2, -1, 0, 1, 2):
+    near_digit = np.zeros((g, g), bool)
+    for dy in range(-margin, margin + 1):
+        for dx in range(-margin, margin + 1):
             near_digit |= np.roll(digit, (dy, dx), (0, 1))
-    cues[..., 0] = ~near_digit & (rng.random((g, g)) < keep)
+    cues[..., 0] = ~near_digit
     return cues
 
 source = DigitsSource("train", num_images=96, size=SIZE)
@@ -224,7 +309,14 @@ def train_step(params, opt_state, images, cues, image_labels):
     (loss, grown), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss, grown'''),
-        v4.new_code_cell(r'''BATCH, STEPS = 16, 150
+        v4.new_code_cell(r'''def grow_with(params, idx):
+    """The cues of images `idx` grown from the network's current probabilities."""
+    probs = dsrg_jax.probs_from_logits(model.apply(params, images[idx]))
+    return np.asarray(dsrg_jax.dsrg_grow(probs, cues[idx], labels[idx])), probs
+
+show = np.arange(4)                       # a few fixed images to look at after training
+grown_at_start, _ = grow_with(params, show)
+BATCH, STEPS = 16, 150
 quality = []   # supervision precision / recall of the grown cues, as in the paper's Fig. 4
 start = time.perf_counter()
 for step in range(STEPS):
@@ -242,13 +334,12 @@ print(f"{STEPS} steps in {time.perf_counter() - start:.1f} s")'''),
 
 The same few images, their original cues, the cues grown from the trained network's
 probabilities, its prediction and the ground truth.'''),
-        v4.new_code_cell(r'''show = np.arange(4)
-probs = dsrg_jax.probs_from_logits(model.apply(params, images[show]))
-grown_now = np.asarray(dsrg_jax.dsrg_grow(probs, cues[show], labels[show]))
+        v4.new_code_cell(r'''grown_now, probs = grow_with(params, show)
 prediction = np.argmax(np.where(labels[show][:, None, None], probs, -1), -1)
 viz.save_cue_growth_figure(
     WORKDIR / "train_step_growth.png", (images[show] * 255).astype(np.uint8), cues[show],
-    {f"grown, step {STEPS}": grown_now}, predictions=prediction, ground_truth=grid_masks[show],
+    {"grown, step 0": grown_at_start, f"grown, step {STEPS}": grown_now},
+    predictions=prediction, ground_truth=grid_masks[show],
     class_names=DIGIT_CLASSES, title="Seed cues grown by the trained network")
 viz.save_supervision_curves(WORKDIR / "train_step_supervision.png", quality, xlabel="step")
 display(Image(str(WORKDIR / "train_step_growth.png")),

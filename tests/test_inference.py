@@ -144,3 +144,40 @@ def test_predict_records_writes_palette_pngs(net, images, tmp_path):
         np.testing.assert_array_equal(out[r.image_id], alone)
     restricted = inference.predict_records(apply_fn, recs, variables=variables, use_labels=True)
     assert all(set(np.unique(v)) <= {0, 1} for v in restricted.values())
+
+
+class Pointwise(nn.Module):
+    """1x1 convolution: each output pixel sees only its own input pixel."""
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        return nn.Conv(NUM_CLASSES, (1, 1))(x / 64.0)
+
+
+def test_canvas_mode_crops_back_to_each_image(images):
+    model = Pointwise()
+    variables = model.init(jax.random.key(1), jnp.zeros((1, 4, 4, 3)))
+    labels = np.ones(NUM_CLASSES, bool)
+    parts = [images[0], np.ascontiguousarray(images[1, :20, :31]), images[2, :33, :12]]
+    recs = [Record(f"im{i}", np.ascontiguousarray(p), labels) for i, p in enumerate(parts)]
+    padded = inference.predict_records(model.apply, recs, variables=variables, canvas=48,
+                                       batch_size=2, scales=(1.0,))
+    for r in recs:  # a pointwise net at scale 1 cannot see the padding: same as alone
+        alone = inference.segment(model.apply, r.image[None], variables=variables,
+                                  scales=(1.0,)).labels[0]
+        np.testing.assert_array_equal(padded[r.image_id], alone)
+    with pytest.raises(ValueError, match="'im0'.*larger than canvas=40"):
+        inference.predict_records(model.apply, recs, variables=variables, canvas=40)
+
+
+def test_canvas_of_the_image_size_changes_nothing(net, images):
+    apply_fn, variables = net
+    h, w = images.shape[1:3]
+    square = np.ascontiguousarray(images[:, :h, :h])
+    labels = np.ones(NUM_CLASSES, bool)
+    recs = [Record(f"im{i}", im, labels) for i, im in enumerate(square)]
+    got = inference.predict_records(apply_fn, recs, variables=variables, canvas=h, crf=True,
+                                    crf_processes=1)
+    want = inference.segment(apply_fn, square, variables=variables, crf=True, crf_processes=1)
+    for i, r in enumerate(recs):
+        np.testing.assert_array_equal(got[r.image_id], want.labels_crf[i])

@@ -1,4 +1,4 @@
-"""Figures: files are written, drawn in VOC palette colours; the pure helpers compute what they say."""
+"""Figures are written in VOC palette colours; the pure helpers compute what they say."""
 import numpy as np
 import pytest
 from PIL import Image

@@ -25,7 +25,7 @@ class DataConfig:
     image_size: int = 112                  # digits canvas side
     saliency_dir: str | None = None        # greyscale saliency PNGs named by image id
     cues_file: str | None = None           # official cue file (.pickle[.gz]) or our .npz
-    input_convention: str = "caffe"        # "caffe" (BGR - mean) | "torchvision"
+    input_convention: str | None = None    # "caffe" | "torchvision" | None: from the weights file
     num_workers: int = 2                   # loader threads
 
 
@@ -45,6 +45,7 @@ class ModelConfig:
 @dataclasses.dataclass
 class OptimConfig:
     """Caffe SGD: lr inside the momentum buffer, weight decay, lr multipliers, schedule."""
+    optimizer: str = "caffe_sgd"           # "caffe_sgd" | "adam" (from-scratch digits classifier)
     base_lr: float = 5e-4
     momentum: float = 0.9
     weight_decay: float = 5e-4

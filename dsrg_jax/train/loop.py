@@ -86,7 +86,7 @@ def train_loop(
     hook: Hook | None = None,
     checkpoint_every: int = 500,
     log_every: int = 20,
-    on_step: Callable[[int, dict, dict], None] | None = None,
+    on_step: Callable[[int, dict, dict, Any], None] | None = None,
 ) -> tuple[Any, dict]:
     """Trains one stage to `max_steps`, resuming from the latest checkpoint.
 
@@ -102,7 +102,7 @@ def train_loop(
       lr_fn: step -> learning rate, logged.
       hook: per-stage bookkeeping, saved in the checkpoint's metadata.
       checkpoint_every, log_every: in steps.
-      on_step: optional (step, batch, aux) callback (e.g. TensorBoard images), after the step.
+      on_step: optional (step, batch, aux, state) callback (e.g. TensorBoard images), after the step.
 
     Returns:
       (final state, the last logged metrics).
@@ -148,7 +148,7 @@ def train_loop(
                     scalars["lr"] = float(lr_fn(step))
                 last = scalars
                 if on_step is not None:
-                    on_step(step + 1, batch_np, aux)
+                    on_step(step + 1, batch_np, aux, state)
                 bar.update(1)
                 done = step + 1
                 if done % log_every == 0 or done == max_steps:

@@ -81,8 +81,19 @@ def caffe_sgd(params: Any, cfg: OptimConfig) -> optax.GradientTransformation:
 
     Args:
       params: the parameter pytree (to build the multiplier and decay trees).
-      cfg: optimiser settings.
+      cfg: optimiser settings. `cfg.optimizer == "adam"` gives Adam with the same schedule,
+        multipliers and decoupled-from-nothing L2 decay (for small nets trained from scratch).
     """
+    if cfg.optimizer == "adam":
+        return optax.chain(
+            optax.add_decayed_weights(cfg.weight_decay, mask=decay_mask(params)),
+            optax.scale_by_adam(),
+            optax.scale_by_schedule(lr_schedule(cfg)),
+            scale_by_tree(lr_multipliers(params, cfg)),
+            optax.scale(-1.0),
+        )
+    if cfg.optimizer != "caffe_sgd":
+        raise ValueError(f"optim.optimizer must be 'caffe_sgd' or 'adam', got {cfg.optimizer!r}")
     return optax.chain(
         optax.add_decayed_weights(cfg.weight_decay, mask=decay_mask(params)),
         optax.scale_by_schedule(lr_schedule(cfg)),

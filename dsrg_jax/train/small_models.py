@@ -2,7 +2,8 @@
 
 Same structure as `VGG16CAM` / `DeepLabV2VGG16` (Caffe-geometry pools, conv6/conv7 + GAP +
 classifier; ASPP branches fc6 -> fc7 -> classifier, summed), only narrower and shallower, so the
-whole DSRG pipeline trains from scratch on a CPU in minutes. Output stride 4 (two Caffe pools):
+whole DSRG pipeline trains from scratch on a CPU in minutes. GroupNorm after each trunk conv
+(per image, so results do not depend on the device count). Output stride 4 (two Caffe pools):
 112x112 -> 29x29. Parameter names keep "classifier" for the new layers, so
 `dsrg_jax.models.classifier_mask` and the lr multipliers apply unchanged.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
@@ -22,6 +24,7 @@ class SmallTrunk(nn.Module):
 
     widths: Sequence[int] = (32, 64, 128)
     convs_per_block: int = 2
+    group_norm: bool = True  # per-image GroupNorm (8 groups) after each conv: trains from scratch
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -31,6 +34,9 @@ class SmallTrunk(nn.Module):
             for i in range(self.convs_per_block):
                 x = nn.Conv(width, (3, 3), padding=((1, 1), (1, 1)), kernel_init=CONV_INIT,
                             bias_init=ZEROS, dtype=self.dtype, name=f"conv{b + 1}_{i + 1}")(x)
+                if self.group_norm:
+                    x = nn.GroupNorm(num_groups=min(8, width), dtype=self.dtype,
+                                     name=f"norm{b + 1}_{i + 1}")(x)
                 x = nn.relu(x)
             if b < len(self.widths) - 1:
                 x = caffe_max_pool(x, kernel=3, stride=2, pad=1)
@@ -48,18 +54,32 @@ class SmallCAM(nn.Module):
     widths: Sequence[int] = (32, 64, 128)
     head_width: int = 128
     convs_per_block: int = 2
+    head_dilation: int = 2   # conv6/conv7 dilation: a receptive field that covers a whole digit
+    group_norm: bool = True
+    pooling: str = "avg"     # "avg" (CAM, DESIGN 2.1) | "max" | "lse" (log-sum-exp, r = 5)
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, images: jnp.ndarray, *, train: bool = False):
         del train
-        x = SmallTrunk(self.widths, self.convs_per_block, self.dtype, name="backbone")(images)
+        x = SmallTrunk(self.widths, self.convs_per_block, self.group_norm, self.dtype,
+                       name="backbone")(images)
+        d = self.head_dilation
         for name in ("conv6", "conv7"):
-            x = nn.Conv(self.head_width, (3, 3), padding=((1, 1), (1, 1)), kernel_init=CONV_INIT,
-                        bias_init=ZEROS, dtype=self.dtype, name=name)(x)
+            x = nn.Conv(self.head_width, (3, 3), padding=((d, d), (d, d)), kernel_dilation=(d, d),
+                        kernel_init=CONV_INIT, bias_init=ZEROS, dtype=self.dtype, name=name)(x)
             x = nn.relu(x)
-        logits = nn.Dense(self.num_classes, kernel_init=CLASSIFIER_INIT, bias_init=ZEROS,
-                          dtype=self.dtype, name="classifier")(jnp.mean(x, axis=(1, 2)))
+        dense = nn.Dense(self.num_classes, kernel_init=CLASSIFIER_INIT, bias_init=ZEROS,
+                         dtype=self.dtype, name="classifier")
+        if self.pooling == "avg":
+            logits = dense(jnp.mean(x, axis=(1, 2)))
+        else:  # pool the per-pixel class scores (the CAMs + bias): max or log-sum-exp
+            scores = dense(x)
+            if self.pooling == "max":
+                logits = jnp.max(scores, axis=(1, 2))
+            else:
+                r, n = 5.0, scores.shape[1] * scores.shape[2]
+                logits = (jax.nn.logsumexp(r * scores, axis=(1, 2)) - jnp.log(n)) / r
         return logits.astype(jnp.float32), x.astype(jnp.float32)
 
 
@@ -76,11 +96,13 @@ class SmallDeepLab(nn.Module):
     convs_per_block: int = 2
     dilations: Sequence[int] = (1, 2, 3, 4)
     dropout_rate: float = 0.5
+    group_norm: bool = True
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, images: jnp.ndarray, *, train: bool = False) -> jnp.ndarray:
-        x = SmallTrunk(self.widths, self.convs_per_block, self.dtype, name="backbone")(images)
+        x = SmallTrunk(self.widths, self.convs_per_block, self.group_norm, self.dtype,
+                       name="backbone")(images)
         total = 0.0
         for i, d in enumerate(self.dilations, start=1):
             y = nn.Conv(self.head_width, (3, 3), padding=((d, d), (d, d)), kernel_dilation=(d, d),

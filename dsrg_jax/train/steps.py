@@ -186,7 +186,8 @@ def make_dsrg_train_step(model: nn.Module, tx, convention: InputConvention, mesh
     batch: image, labels, cues, valid, optional grid_mask (for the supervision quality).
     aux["metrics"]: loss, seed_loss, constrain_loss, counts_grown / counts_cues int32[C, 3]
       (TP, FP, FN of grown and original cues against grid_mask, valid images only).
-    aux["images"]: grown bool[B, h, w, C], crf float[B, h, w, C], probs float[B, h, w, C].
+    aux["images"]: grown bool[B, h, w, C], crf float[B, h, w, C], probs float[B, h, w, C],
+      image_small uint8[B, h, w, 3] (the CRF's image).
     """
     grid_fn = per_device(functools.partial(crf_and_grow, cfg=cfg), mesh, 4)
 
@@ -199,10 +200,10 @@ def make_dsrg_train_step(model: nn.Module, tx, convention: InputConvention, mesh
                                  mean=(0.0, 0.0, 0.0))
         q, grown = grid_fn(small, probs, batch["cues"], batch["labels"])
         losses = dsrg_losses(probs, q, grown, batch["valid"], cfg)
-        return losses["loss"], (losses, q, grown, probs)
+        return losses["loss"], (losses, q, grown, probs, small)
 
     def step(state, batch):
-        grads, (losses, q, grown, probs) = jax.grad(loss_fn, has_aux=True)(
+        grads, (losses, q, grown, probs, small) = jax.grad(loss_fn, has_aux=True)(
             state["params"], state, batch)
         metrics = dict(losses)
         if "grid_mask" in batch:
@@ -210,7 +211,7 @@ def make_dsrg_train_step(model: nn.Module, tx, convention: InputConvention, mesh
                            255)
             metrics["counts_grown"] = cue_counts(grown, gt)
             metrics["counts_cues"] = cue_counts(batch["cues"], gt)
-        images = {"grown": grown, "crf": q, "probs": probs}
+        images = {"grown": grown, "crf": q, "probs": probs, "image_small": small}
         return _apply_update(state, tx, grads), {"metrics": metrics, "images": images}
 
     return _jit_step(step, mesh)

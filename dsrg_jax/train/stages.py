@@ -1,0 +1,715 @@
+"""The DSRG pipeline as stages over a workdir: cues -> dsrg -> pseudo -> retrain -> eval.
+
+Each stage reads its inputs from and writes its outputs to the workdir and is skipped when its
+output exists (`<stage>/done.json`); training stages resume from their latest checkpoint.
+
+  cues    train the CAM classifier; seed cues of the train split -> cues.npz (a CueSet), the cue
+          quality on train and the CAM segmentation mIoU on val (or import --cues instead)
+  dsrg    segmentation net trained with region growing; supervision quality per epoch
+  pseudo  CRF-refined multi-scale predictions of the dsrg net on train -> pseudo_labels/<id>.png
+  retrain fresh net, fully supervised on the pseudo-labels
+  eval    val mIoU of the dsrg and retrain nets (multi-scale, CRF) -> results.json, figures
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import pathlib
+import time
+from typing import Any
+
+import cv2
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dsrg_jax.data.cues import CueSet, import_official_cues, load_cues
+from dsrg_jax.data.pipeline import Pipeline
+from dsrg_jax.ops.cam import class_activation_maps, seed_cues_from_cams
+from dsrg_jax.ops.metrics import confusion_matrix, cue_quality, iou_per_class, mean_iou
+from dsrg_jax.sharding import global_batch, make_mesh, replicate, to_host
+from dsrg_jax.train import data as D
+from dsrg_jax.train import figures
+from dsrg_jax.train import steps as S
+from dsrg_jax.train.checkpoint import Checkpoints
+from dsrg_jax.train.config import Config, OptimConfig
+from dsrg_jax.train.logging import MetricsWriter, is_writer, log
+from dsrg_jax.train.loop import train_loop
+from dsrg_jax.train.optim import caffe_sgd, lr_schedule
+from dsrg_jax.weights import get_input_convention
+
+STAGES = ("cues", "dsrg", "pseudo", "retrain", "eval")
+
+
+@dataclasses.dataclass
+class Experiment:
+    """A config, its workdir, the device mesh and the metrics writer."""
+    cfg: Config
+    workdir: pathlib.Path
+    mesh: Any
+    writer: MetricsWriter
+
+    @classmethod
+    def create(cls, cfg: Config, workdir, *, num_devices: int | None = None) -> "Experiment":
+        workdir = pathlib.Path(workdir).absolute()
+        if is_writer():
+            workdir.mkdir(parents=True, exist_ok=True)
+            (workdir / "config.json").write_text(cfg.to_json())
+        return cls(cfg, workdir, make_mesh(num_devices), MetricsWriter(workdir))
+
+    def path(self, *parts: str) -> pathlib.Path:
+        return self.workdir.joinpath(*parts)
+
+    def done(self, stage: str) -> dict | None:
+        p = self.path(stage, "done.json")
+        return json.loads(p.read_text()) if p.is_file() else None
+
+    def mark_done(self, stage: str, info: dict) -> None:
+        if is_writer():
+            p = self.path(stage, "done.json")
+            p.parent.mkdir(parents=True, exist_ok=True)
+            tmp = p.with_suffix(".tmp")
+            tmp.write_text(json.dumps(info, indent=2))
+            tmp.replace(p)
+        _sync(f"done-{stage}")
+
+
+def _sync(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+# ------------------------------------------------------------------------------------ models
+
+
+def build_model(cfg: Config, kind: str, seed: int):
+    """(model, variables, input convention) of the CAM classifier ("cam") or segmentation net
+    ("seg"); ImageNet weights from cfg.model.init_weights for the real models."""
+    m = cfg.model
+    num_fg = cfg.data.num_classes - 1
+    rng = jax.random.key(seed)
+    convention = get_input_convention(cfg.data.input_convention or "caffe")
+    name = m.classifier if kind == "cam" else m.segmentation
+    if name == "small":
+        from dsrg_jax.train.small_models import SmallCAM, SmallDeepLab
+
+        if kind == "cam":
+            model = SmallCAM(num_fg, widths=m.widths, head_width=m.head_width,
+                             convs_per_block=m.convs_per_block)
+        else:
+            model = SmallDeepLab(cfg.data.num_classes, widths=m.widths, head_width=m.head_width,
+                                 convs_per_block=m.convs_per_block, dilations=m.small_dilations,
+                                 dropout_rate=m.dropout_rate)
+        variables = model.init(rng, jnp.zeros((1, 64, 64, 3)), train=False)
+        return model, variables, convention
+    import warnings
+
+    from dsrg_jax.models import create_model
+    from dsrg_jax.weights import init_model
+
+    model = create_model(name, num_classes=num_fg if kind == "cam" else cfg.data.num_classes)
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        variables, info = init_model(model, rng, weights=m.init_weights,
+                                     input_convention=cfg.data.input_convention)
+    return model, variables, info.input_convention
+
+
+def split_variables(variables) -> tuple[Any, Any]:
+    """(params, frozen collections)."""
+    variables = dict(variables)
+    params = variables.pop("params")
+    return params, variables
+
+
+def output_grid(model, variables, size: int) -> tuple[int, int]:
+    """(h, w) of the model's output for a size x size input."""
+    out = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables,
+                         jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32))
+    shape = (out[1] if isinstance(out, tuple) else out).shape
+    return int(shape[1]), int(shape[2])
+
+
+def _pipeline(exp: Experiment, source, transform, batch: int, *, train: bool,
+              state: dict | None = None) -> Pipeline:
+    return Pipeline(source, global_batch=batch, transform=transform, seed=exp.cfg.run.seed,
+                    shuffle=train, num_epochs=None if train else 1, drop_remainder=train,
+                    num_workers=exp.cfg.data.num_workers, state=state)
+
+
+def _train_stage(exp: Experiment, stage: str, *, model, variables, optim: OptimConfig,
+                 make_step, source, transform, hook=None, on_step=None, seed_offset: int = 0):
+    """Builds state/optimiser/checkpoints and runs `train_loop`; returns the final variables."""
+    params, frozen = split_variables(variables)
+    tx = caffe_sgd(params, optim)
+    state = replicate(S.create_state(params, tx, frozen=frozen,
+                                     seed=exp.cfg.run.seed + seed_offset), exp.mesh)
+    ckpt = Checkpoints(exp.path(stage, "checkpoints"), keep=exp.cfg.run.keep_checkpoints)
+    step_fn = make_step(tx)
+    schedule = lr_schedule(optim)
+    state, last = train_loop(
+        stage=stage, state=state, step_fn=step_fn, mesh=exp.mesh, max_steps=optim.max_steps,
+        make_pipeline=lambda st: _pipeline(exp, source, transform, optim.batch_size, train=True,
+                                           state=st),
+        checkpoints=ckpt, writer=exp.writer, lr_fn=lambda s: float(schedule(s)), hook=hook,
+        checkpoint_every=exp.cfg.run.checkpoint_every, log_every=exp.cfg.run.log_every,
+        on_step=on_step)
+    ckpt.close()
+    return {"params": state["params"], **state["frozen"]}, last
+
+
+def load_stage_variables(exp: Experiment, stage: str, kind: str, seed_offset: int = 0):
+    """The final variables of a finished training stage (from its last checkpoint)."""
+    model, variables, convention = build_model(exp.cfg, kind, exp.cfg.run.seed + seed_offset)
+    params, frozen = split_variables(variables)
+    optim = {"cues": exp.cfg.cues.optim, "dsrg": exp.cfg.dsrg.optim,
+             "retrain": exp.cfg.retrain.optim}[stage]
+    tx = caffe_sgd(params, optim)
+    like = replicate(S.create_state(params, tx, frozen=frozen), exp.mesh)
+    ckpt = Checkpoints(exp.path(stage, "checkpoints"), keep=exp.cfg.run.keep_checkpoints)
+    state, _ = ckpt.restore(like)
+    ckpt.close()
+    return model, {"params": state["params"], **state["frozen"]}, convention
+
+
+# -------------------------------------------------------------------------------- inference
+
+
+def _iterate(exp: Experiment, source, transform, batch: int):
+    """(host batch numpy, global batch) over a split once, each host its share."""
+    pipe = _pipeline(exp, source, transform, batch, train=False)
+    try:
+        for b in pipe:
+            yield b, global_batch(b, exp.mesh)
+    finally:
+        pipe.close()
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    x = x - x.max(-1, keepdims=True)
+    e = np.exp(x)
+    return e / e.sum(-1, keepdims=True)
+
+
+def multiscale_probs(exp: Experiment, predict, variables, images: np.ndarray, hws: np.ndarray,
+                     *, mode: str, values) -> np.ndarray:
+    """Summed upsampled logits over scales, softmaxed, for host images.
+
+    Args:
+      images: uint8[B, S, S, 3] padded canvases; hws: int[B, 2] real sizes.
+      mode: "warp" (each real image warped to v x v, the pseudo-label stage) or "scale"
+        (aspect kept, times v, the evaluation).
+    Returns:
+      list of float32[h_i, w_i, C] probabilities (one per image, its real size).
+    """
+    sums = [None] * len(images)
+    for v in values:
+        batch, crops = [], []
+        if mode == "warp":
+            side = int(v)
+            for img, (h, w) in zip(images, hws):
+                batch.append(cv2.resize(img[:h, :w], (side, side), interpolation=cv2.INTER_LINEAR))
+                crops.append((side, side))
+        else:
+            side = int(math.ceil(images.shape[1] * v))
+            for img, (h, w) in zip(images, hws):
+                hs, ws = max(1, round(h * v)), max(1, round(w * v))
+                r = cv2.resize(img[:h, :w], (ws, hs), interpolation=cv2.INTER_LINEAR)
+                canvas = np.empty((side, side, 3), np.uint8)
+                canvas[:] = np.asarray((123, 117, 104), np.uint8)
+                canvas[:hs, :ws] = r
+                batch.append(canvas)
+                crops.append((hs, ws))
+        logits = to_host(predict(variables, global_batch({"image": np.stack(batch)},
+                                                         exp.mesh)["image"]))
+        for i, ((h, w), (hs, ws)) in enumerate(zip(hws, crops)):
+            gh, gw = logits.shape[1:3]
+            rows, cols = max(1, math.ceil(gh * hs / side)), max(1, math.ceil(gw * ws / side))
+            up = cv2.resize(np.ascontiguousarray(logits[i, :rows, :cols]), (int(w), int(h)),
+                            interpolation=cv2.INTER_LINEAR)
+            if up.ndim == 2:
+                up = up[..., None]
+            sums[i] = up if sums[i] is None else sums[i] + up
+    return [_softmax(s).astype(np.float32) for s in sums]
+
+
+def predict_labels(exp: Experiment, predict, variables, hb: dict, *, mode: str, values,
+                   crf: bool, restrict: bool = False) -> list[np.ndarray]:
+    """uint8[h, w] label maps of a host batch (padded canvases, "hw", "labels")."""
+    from dsrg_jax.ops.crf import TEST_CRF, dense_crf_host
+
+    probs = multiscale_probs(exp, predict, variables, hb["image"], hb["hw"], mode=mode,
+                             values=values)
+    out = []
+    for i, p in enumerate(probs):
+        h, w = p.shape[:2]
+        if crf:
+            p = dense_crf_host(hb["image"][i, :h, :w], p, **TEST_CRF)
+        if restrict:
+            p = np.where(hb["labels"][i][None, None, :], p, -1.0)
+        out.append(np.argmax(p, axis=-1).astype(np.uint8))
+    return out
+
+
+def _canvas(exp: Experiment) -> int:
+    return exp.cfg.eval.canvas or exp.cfg.data.image_size
+
+
+def evaluate_model(exp: Experiment, predict, variables, *, crf: bool, tag: str) -> dict:
+    """mIoU, pixel accuracy and per-class IoU of a segmentation net on the val split."""
+    cfg = exp.cfg
+    source = D.make_source(cfg, "val", with_saliency=False)
+    conf = np.zeros((cfg.data.num_classes,) * 2, np.int64)
+    for hb, _ in _iterate(exp, source, D.infer_transform(_canvas(exp), with_mask=True),
+                          cfg.eval.batch_size):
+        preds = predict_labels(exp, predict, variables, hb, mode="scale",
+                               values=cfg.eval.scales, crf=crf)
+        for i, pred in enumerate(preds):
+            if not hb["valid"][i]:
+                continue
+            h, w = pred.shape
+            conf += np.asarray(confusion_matrix(pred, hb["mask"][i, :h, :w],
+                                                cfg.data.num_classes), np.int64)
+    conf = _allsum(conf)
+    iou = iou_per_class(conf)
+    res = {"miou": mean_iou(conf), "pixel_accuracy": float(np.trace(conf) / max(conf.sum(), 1)),
+           "iou_per_class": [None if np.isnan(v) else float(v) for v in iou], "crf": crf}
+    log(f"[eval] {tag}: mIoU {100 * res['miou']:.2f}  pixel acc {100 * res['pixel_accuracy']:.2f}"
+        f" (val, scales {list(cfg.eval.scales)}, crf {crf})")
+    return res
+
+
+def _allsum(x: np.ndarray) -> np.ndarray:
+    if jax.process_count() == 1:
+        return x
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x)).sum(0)
+
+
+# ---------------------------------------------------------------------------------- stage: cues
+
+
+def cueset_from_dense(ids, cues: np.ndarray, labels: np.ndarray) -> CueSet:
+    """CueSet of dense cues bool[N, h, w, C] and labels bool[N, C]."""
+    offsets = np.zeros(len(ids) + 1, np.int64)
+    cls, rows, cols = [], [], []
+    for n in range(len(ids)):
+        r, c, k = np.nonzero(cues[n])
+        cls.append(k.astype(np.uint8)); rows.append(r.astype(np.uint8)); cols.append(c.astype(np.uint8))
+        offsets[n + 1] = offsets[n] + len(k)
+    return CueSet(ids=tuple(ids), offsets=offsets, cue_class=np.concatenate(cls),
+                  cue_row=np.concatenate(rows), cue_col=np.concatenate(cols),
+                  image_labels=labels.astype(bool), grid_size=tuple(cues.shape[1:3]))
+
+
+def _cams_of_batch(cam_predict, variables, batch, labels_fg):
+    logits, features = cam_predict(variables, batch)
+    weights = variables["params"]["classifier"]["kernel"]
+    return class_activation_maps(features, weights, labels_fg)
+
+
+def run_cues(exp: Experiment) -> dict:
+    """Stage `cues` (DESIGN.md 2.1). Output: cues.npz + cues/done.json."""
+    cfg = exp.cfg
+    if (info := exp.done("cues")) is not None:
+        log(f"[cues] done already ({exp.path('cues.npz')}); skipping")
+        return info
+    t0 = time.perf_counter()
+    if cfg.data.cues_file:
+        path = pathlib.Path(cfg.data.cues_file)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"cue file {path} not found: download SEC's localization_cues.pickle.gz "
+                f"(github.com/kolesman/SEC, training/localization_cues/) or pass no --cues")
+        cueset = load_cues(path) if path.suffix == ".npz" else import_official_cues(path)
+        if is_writer():
+            cueset.save(exp.path("cues.npz"))
+        info = {"source": str(path), "num_images": len(cueset)}
+        exp.mark_done("cues", info)
+        return info
+
+    model, variables, conv = build_model(cfg, "cam", cfg.run.seed)
+    size = cfg.data.input_size
+    train_src = D.make_source(cfg, "train")
+    variables, last = _train_stage(
+        exp, "cues", model=model, variables=variables, optim=cfg.cues.optim,
+        make_step=lambda tx: S.make_cam_train_step(model, tx, conv, exp.mesh),
+        source=train_src, transform=D.cls_transform(size))
+    cam_predict = S.make_cam_predict(model, conv)
+    grid = output_grid(model, variables, size)
+    c = cfg.cues
+    fields = ("image", "labels", "mask") if _has_masks(train_src) else ("image", "labels")
+    use_sal = cfg.data.saliency_dir is not None
+    if use_sal:
+        fields += ("saliency",)
+    from dsrg_jax.data import transforms as T
+
+    transform = T.dsrg_transform(size, cue_size=None, fields=fields, flip=False)
+    all_cues, all_labels, all_idx = [], [], []
+    counts = np.zeros((cfg.data.num_classes, 3), np.int64)
+    for hb, gb in _iterate(exp, train_src, transform, cfg.eval.batch_size):
+        cams = _cams_of_batch(cam_predict, variables, gb["image"], gb["labels"][:, 1:])
+        sal = None
+        if use_sal:
+            sal = jnp.asarray(np.stack([cv2.resize(s, (grid[1], grid[0]),
+                                                   interpolation=cv2.INTER_AREA)
+                                        for s in hb["saliency"]]))
+        cues = seed_cues_from_cams(
+            cams, gb["labels"][:, 1:], sal, fg_rule=c.fg_rule, fg_threshold=c.fg_threshold,
+            fg_top_fraction=c.fg_top_fraction, bg_saliency_threshold=c.bg_saliency_threshold,
+            bg_cam_threshold=c.bg_cam_threshold)
+        cues = to_host(cues)
+        n = int(hb["valid"].sum())
+        all_cues.append(cues[:n]); all_labels.append(hb["labels"][:n]); all_idx.append(hb["index"][:n])
+        if "mask" in hb:
+            gm = np.stack([D.grid_nearest(m, grid) for m in hb["mask"][:n]])
+            from dsrg_jax.ops.metrics import cue_counts
+
+            counts += np.asarray(cue_counts(jnp.asarray(cues[:n]), jnp.asarray(gm)), np.int64)
+    cues = np.concatenate(all_cues)
+    labels = np.concatenate(all_labels)
+    idx = np.concatenate(all_idx)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        cues, labels, idx = (np.concatenate(list(multihost_utils.process_allgather(a)))
+                             for a in (cues, labels, idx))
+    order = np.argsort(idx)
+    ids = [train_src.ids[i] for i in idx[order]]
+    cueset = cueset_from_dense(ids, cues[order], labels[order])
+    if is_writer():
+        cueset.save(exp.path("cues.npz"))
+    info = {"source": "cam", "background": "saliency" if use_sal else "low CAM "
+            f"(max present CAM < {c.bg_cam_threshold})", "num_images": len(ids),
+            "grid": list(grid), "classifier": last}
+    if counts.sum():
+        info["train_quality"] = cue_quality(_allsum(counts))
+    info["val_cam"] = _cam_val_miou(exp, cam_predict, variables)
+    info["seconds"] = round(time.perf_counter() - t0, 1)
+    log(f"[cues] {len(ids)} images, background from {info['background']}; train cue quality "
+        f"{_fmt(info.get('train_quality'))}; CAM segmentation val mIoU "
+        f"{100 * info['val_cam']['miou']:.2f}")
+    exp.mark_done("cues", info)
+    return info
+
+
+def _has_masks(source) -> bool:
+    try:
+        return source[0].mask is not None
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _fmt(q: dict | None) -> str:
+    if not q:
+        return "n/a"
+    return ", ".join(f"{k} {100 * v:.1f}" for k, v in q.items())
+
+
+def _cam_val_miou(exp: Experiment, cam_predict, variables) -> dict:
+    """mIoU of the CAM segmentation on val: each pixel the present class with the largest
+    normalised CAM, or background where none reaches `cues.bg_cam_threshold` (image labels from
+    the ground truth, CAMs upsampled bilinearly)."""
+    cfg = exp.cfg
+    source = D.make_source(cfg, "val", with_saliency=False)
+    conf = np.zeros((cfg.data.num_classes,) * 2, np.int64)
+    size = cfg.data.input_size
+    from dsrg_jax.data import transforms as T
+
+    tf = T.dsrg_transform(size, cue_size=None, fields=("image", "labels", "mask"), flip=False)
+    for hb, gb in _iterate(exp, source, tf, cfg.eval.batch_size):
+        cams = to_host(_cams_of_batch(cam_predict, variables, gb["image"], gb["labels"][:, 1:]))
+        for i in range(int(hb["valid"].sum())):
+            up = cv2.resize(cams[i], (size, size), interpolation=cv2.INTER_LINEAR)
+            if up.ndim == 2:
+                up = up[..., None]
+            scores = np.concatenate(
+                [np.full((size, size, 1), cfg.cues.bg_cam_threshold, np.float32),
+                 np.where(hb["labels"][i][1:], up, -1.0)], axis=-1)
+            pred = np.argmax(scores, -1).astype(np.uint8)
+            conf += np.asarray(confusion_matrix(pred, hb["mask"][i], cfg.data.num_classes),
+                               np.int64)
+    conf = _allsum(conf)
+    return {"miou": mean_iou(conf), "pixel_accuracy": float(np.trace(conf) / max(conf.sum(), 1))}
+
+
+# ---------------------------------------------------------------------------------- stage: dsrg
+
+
+class SupervisionHook:
+    """Supervision quality (precision / recall / IoU of the cues against the ground truth on the
+    output grid) per epoch: epoch 0 = the original cues, epoch e = the grown cues of the e-th
+    pass over the train split (the paper's Fig. 4)."""
+
+    def __init__(self, steps_per_epoch: float, num_classes: int):
+        self.steps_per_epoch = steps_per_epoch
+        self.c = num_classes
+        self.records: list[dict] = []
+        self.cur = np.zeros((num_classes, 3), np.int64)
+        self.orig = np.zeros((num_classes, 3), np.int64)
+
+    def update(self, step: int, metrics: dict) -> dict:
+        if "counts_grown" not in metrics:
+            return {}
+        self.cur += np.asarray(metrics["counts_grown"], np.int64)
+        epoch = (step - 1) / self.steps_per_epoch
+        if epoch < 1:
+            self.orig += np.asarray(metrics["counts_cues"], np.int64)
+        out = {}
+        if step % max(1, round(self.steps_per_epoch)) == 0:
+            out = self._close(round(step / self.steps_per_epoch))
+        return out
+
+    def _close(self, epoch: int, partial: float | None = None) -> dict:
+        if not self.records:
+            self.records.append({"epoch": 0, **cue_quality(self.orig)})
+        q = {"epoch": epoch, **cue_quality(self.cur)}
+        if partial is not None:
+            q["partial"] = partial
+        self.records.append(q)
+        self.cur[:] = 0
+        return {f"supervision_{k}": v for k, v in q.items() if k != "epoch"}
+
+    def finish(self, step: int) -> None:
+        """Closes a last partial epoch (if any steps were counted since the last epoch end)."""
+        if self.cur.sum():
+            frac = step / self.steps_per_epoch
+            self._close(math.ceil(frac), partial=round(frac - math.floor(frac), 3))
+        elif not self.records and self.orig.sum():
+            self.records.append({"epoch": 0, **cue_quality(self.orig)})
+
+    def state(self) -> dict:
+        return {"records": self.records, "cur": self.cur.tolist(), "orig": self.orig.tolist()}
+
+    def restore(self, state: dict) -> None:
+        self.records = list(state["records"])
+        self.cur = np.asarray(state["cur"], np.int64)
+        self.orig = np.asarray(state["orig"], np.int64)
+
+
+def run_dsrg(exp: Experiment) -> dict:
+    """Stage `dsrg` (DESIGN.md 2.3). Output: dsrg/checkpoints + dsrg/done.json."""
+    cfg = exp.cfg
+    if (info := exp.done("dsrg")) is not None:
+        log("[dsrg] done already; skipping")
+        return info
+    t0 = time.perf_counter()
+    cueset = load_cues(exp.path("cues.npz"))
+    model, variables, conv = build_model(cfg, "seg", cfg.run.seed + 1)
+    size = cfg.data.input_size
+    grid = output_grid(model, variables, size)
+    if tuple(cueset.grid_size) != grid:
+        raise ValueError(f"cues are on a {cueset.grid_size} grid but the segmentation net gives "
+                         f"{grid} for {size}x{size} inputs")
+    source = D.make_source(cfg, "train", cues=cueset, with_saliency=False)
+    with_mask = _has_masks(source)
+    optim = cfg.dsrg.optim
+    hook = SupervisionHook(len(source) / optim.batch_size, cfg.data.num_classes)
+    fig_ids = list(range(min(cfg.run.num_figure_images, len(source))))
+    predict = S.make_seg_predict(model, conv)
+    snap = GrowthSnapshots(exp, source, fig_ids, grid, predict)
+    on_step = snap.on_step(len(source) / optim.batch_size)
+    if exp.path("dsrg", "checkpoints").exists() is False:
+        snap.take(0, variables)
+    variables, last = _train_stage(
+        exp, "dsrg", model=model, variables=variables, optim=optim,
+        make_step=lambda tx: S.make_dsrg_train_step(model, tx, conv, exp.mesh, cfg.dsrg),
+        source=source, transform=D.dsrg_transform(size, grid, with_mask=with_mask,
+                                                  flip=cfg.dsrg.flip),
+        hook=hook, on_step=on_step, seed_offset=1)
+    hook.finish(optim.max_steps)
+    snap.take(int(math.ceil(optim.max_steps / (len(source) / optim.batch_size))), variables,
+              final=True)
+    info = {"last": last, "supervision": hook.records, "grid": list(grid),
+            "seconds": round(time.perf_counter() - t0, 1)}
+    exp.mark_done("dsrg", info)
+    return info
+
+
+class GrowthSnapshots:
+    """Grown cues of a few fixed train images after each epoch, for the growth figure."""
+
+    def __init__(self, exp: Experiment, source, ids, grid, predict):
+        self.exp, self.source, self.ids, self.grid, self.predict = exp, source, ids, grid, predict
+        self.dir = exp.path("dsrg", "growth")
+
+    def take(self, epoch: int, variables, final: bool = False) -> None:
+        if not is_writer() or not self.ids:
+            return
+        cfg = self.exp.cfg
+        recs = [self.source[i] for i in self.ids]
+        from dsrg_jax.data import transforms as T
+
+        warped = [T.warp(r, cfg.data.input_size, self.grid[0]) for r in recs]
+        images = np.stack([r.image for r in warped])
+        cues = np.stack([r.cues for r in warped])
+        labels = np.stack([r.labels for r in warped])
+        logits = self.predict(variables, jnp.asarray(images))
+        from dsrg_jax.ops.losses import probs_from_logits
+        from dsrg_jax.ops.crf import downsample_image
+
+        probs = probs_from_logits(logits)
+        small = downsample_image(jnp.asarray(images, jnp.float32), self.grid, mean=(0., 0., 0.))
+        q, grown = S.crf_and_grow(small, probs, jnp.asarray(cues), jnp.asarray(labels), cfg.dsrg)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(self.dir / f"epoch_{epoch:03d}.npz", images=images, cues=cues,
+                            grown=np.asarray(grown), pred=np.asarray(jnp.argmax(q, -1)),
+                            masks=np.stack([D.grid_nearest(r.mask, self.grid) if r.mask is not None
+                                            else np.zeros(self.grid, np.uint8) for r in warped]),
+                            final=np.asarray(final))
+
+    def on_step(self, steps_per_epoch: float):
+        """A `train_loop` callback that snapshots at every epoch end."""
+        every = max(1, round(steps_per_epoch))
+
+        def fn(step, batch, aux, state):
+            del batch, aux
+            if step % every == 0:
+                self.take(step // every, {"params": state["params"], **state["frozen"]})
+
+        return fn
+
+
+# -------------------------------------------------------------------------------- stage: pseudo
+
+
+def run_pseudo(exp: Experiment) -> dict:
+    """Stage `pseudo` (DESIGN.md 2.4). Output: pseudo_labels/<id>.png + pseudo/done.json."""
+    cfg = exp.cfg
+    if (info := exp.done("pseudo")) is not None:
+        log("[pseudo] done already; skipping")
+        return info
+    t0 = time.perf_counter()
+    model, variables, conv = load_stage_variables(exp, "dsrg", "seg", 1)
+    predict = S.make_seg_predict(model, conv)
+    source = D.make_source(cfg, "train", with_saliency=False)
+    from dsrg_jax.data.files import write_label_png
+
+    out_dir = exp.path("pseudo_labels")
+    with_mask = _has_masks(source)
+    conf = np.zeros((cfg.data.num_classes,) * 2, np.int64)
+    count = 0
+    for hb, _ in _iterate(exp, source, D.infer_transform(_canvas(exp), with_mask=with_mask),
+                          cfg.pseudo.batch_size):
+        preds = predict_labels(exp, predict, variables, hb, mode="warp", values=cfg.pseudo.sizes,
+                               crf=cfg.pseudo.crf, restrict=cfg.pseudo.restrict_to_labels)
+        for i, pred in enumerate(preds):
+            if not hb["valid"][i]:
+                continue
+            write_label_png(out_dir / f"{source.ids[int(hb['index'][i])]}.png", pred)
+            count += 1
+            if with_mask:
+                h, w = pred.shape
+                conf += np.asarray(confusion_matrix(pred, hb["mask"][i, :h, :w],
+                                                    cfg.data.num_classes), np.int64)
+    info = {"num_images": int(_allsum(np.array(count))), "dir": str(out_dir),
+            "seconds": round(time.perf_counter() - t0, 1)}
+    if with_mask:
+        conf = _allsum(conf)
+        info["train_miou"] = mean_iou(conf)
+        log(f"[pseudo] {info['num_images']} pseudo-labels, mIoU against the train ground truth "
+            f"{100 * info['train_miou']:.2f}")
+    exp.mark_done("pseudo", info)
+    return info
+
+
+# ------------------------------------------------------------------------------- stage: retrain
+
+
+def run_retrain(exp: Experiment) -> dict:
+    """Stage `retrain` (DESIGN.md 2.4). Output: retrain/checkpoints + retrain/done.json."""
+    cfg = exp.cfg
+    if (info := exp.done("retrain")) is not None:
+        log("[retrain] done already; skipping")
+        return info
+    t0 = time.perf_counter()
+    model, variables, conv = build_model(cfg, "seg", cfg.run.seed + 2)
+    grid = output_grid(model, variables, cfg.data.crop_size)
+    base = D.make_source(cfg, "train", with_saliency=False)
+    source = D.PseudoLabelSource(base, exp.path("pseudo_labels"), cfg.data.num_classes)
+    _, last = _train_stage(
+        exp, "retrain", model=model, variables=variables, optim=cfg.retrain.optim,
+        make_step=lambda tx: S.make_retrain_step(model, tx, conv, exp.mesh),
+        source=source, transform=D.retrain_transform(cfg.data.crop_size, grid), seed_offset=2)
+    info = {"last": last, "seconds": round(time.perf_counter() - t0, 1)}
+    exp.mark_done("retrain", info)
+    return info
+
+
+# ---------------------------------------------------------------------------------- stage: eval
+
+
+def run_eval(exp: Experiment) -> dict:
+    """Stage `eval` (DESIGN.md 2.5): val mIoU of the dsrg and retrain nets; results.json."""
+    cfg = exp.cfg
+    if (info := exp.done("eval")) is not None:
+        log("[eval] done already; skipping")
+        return info
+    t0 = time.perf_counter()
+    results: dict[str, Any] = {"miou": {}, "eval": {}}
+    cues = exp.done("cues") or {}
+    if "val_cam" in cues:
+        results["miou"]["cues"] = cues["val_cam"]["miou"]
+    if "train_quality" in cues:
+        results["cue_quality_train"] = cues["train_quality"]
+    for stage, offset in (("dsrg", 1), ("retrain", 2)):
+        if exp.done(stage) is None:
+            continue
+        model, variables, conv = load_stage_variables(exp, stage, "seg", offset)
+        res = evaluate_model(exp, S.make_seg_predict(model, conv), variables, crf=cfg.eval.crf,
+                             tag=stage)
+        results["miou"][stage] = res["miou"]
+        results["eval"][stage] = res
+    dsrg = exp.done("dsrg") or {}
+    results["supervision"] = dsrg.get("supervision", [])
+    pseudo = exp.done("pseudo") or {}
+    if "train_miou" in pseudo:
+        results["pseudo_label_train_miou"] = pseudo["train_miou"]
+    results["seconds"] = {s: (exp.done(s) or {}).get("seconds") for s in STAGES[:-1]}
+    results["seconds"]["eval"] = round(time.perf_counter() - t0, 1)
+    if is_writer():
+        (exp.workdir / "results.json").write_text(json.dumps(results, indent=2))
+        figures.write_all(exp.workdir, results, class_names=_class_names(cfg))
+    exp.mark_done("eval", {"results": str(exp.workdir / "results.json")})
+    return results
+
+
+def _class_names(cfg: Config):
+    if cfg.data.dataset == "digits":
+        from dsrg_jax.data.digits import DIGIT_CLASSES
+
+        return DIGIT_CLASSES
+    if cfg.data.dataset == "coco":
+        from dsrg_jax.data.coco import COCO_CLASSES
+
+        return COCO_CLASSES
+    from dsrg_jax.data.voc import VOC_CLASSES
+
+    return VOC_CLASSES
+
+
+RUNNERS = {"cues": run_cues, "dsrg": run_dsrg, "pseudo": run_pseudo, "retrain": run_retrain,
+           "eval": run_eval}
+
+
+def run(cfg: Config, workdir, *, stages=STAGES, num_devices: int | None = None) -> dict:
+    """Runs the given stages in order (each skipped when done); returns results.json's dict
+    (or the last stage's info)."""
+    exp = Experiment.create(cfg, workdir, num_devices=num_devices)
+    log(f"devices: {exp.mesh.size} ({jax.devices()[0].platform}), processes: "
+        f"{jax.process_count()}; workdir {exp.workdir}")
+    out: dict = {}
+    try:
+        for stage in stages:
+            if stage == "retrain" and not cfg.retrain.enabled:
+                continue
+            t = time.perf_counter()
+            out = RUNNERS[stage](exp)
+            log(f"[{stage}] finished in {time.perf_counter() - t:.1f} s")
+    finally:
+        exp.writer.close()
+    return out

@@ -1,0 +1,89 @@
+"""The training loop resumes exactly, saves on SIGTERM, and stops on NaN keeping the last good
+checkpoint."""
+import os
+import signal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dsrg_jax.data.digits import DigitsSource
+from dsrg_jax.data.pipeline import Pipeline
+from dsrg_jax.sharding import make_mesh, replicate
+from dsrg_jax.train import data as D
+from dsrg_jax.train import steps as S
+from dsrg_jax.train.checkpoint import Checkpoints
+from dsrg_jax.train.config import OptimConfig
+from dsrg_jax.train.logging import MetricsWriter
+from dsrg_jax.train.loop import Preempted, TrainingDiverged, train_loop
+from dsrg_jax.train.optim import caffe_sgd
+from dsrg_jax.train.small_models import SmallCAM
+from dsrg_jax.weights import get_input_convention
+
+MODEL = SmallCAM(10, widths=(4, 8), head_width=8, convs_per_block=1)
+SOURCE = DigitsSource("train", num_images=24, size=48)
+
+
+def _run(workdir, max_steps, *, on_step=None, step_wrapper=None):
+    mesh = make_mesh()
+    v = MODEL.init(jax.random.key(0), jnp.zeros((1, 48, 48, 3)))
+    cfg = OptimConfig(base_lr=1e-2, batch_size=8, max_steps=max_steps)
+    tx = caffe_sgd(v["params"], cfg)
+    state = replicate(S.create_state(v["params"], tx), mesh)
+    step = S.make_cam_train_step(MODEL, tx, get_input_convention("torchvision"), mesh)
+    if step_wrapper is not None:
+        step = step_wrapper(step)
+    ckpt = Checkpoints(workdir / "ckpt")
+    writer = MetricsWriter(workdir, tensorboard=False)
+    try:
+        state, _ = train_loop(
+            stage="t", state=state, step_fn=step, mesh=mesh, max_steps=max_steps,
+            make_pipeline=lambda st: Pipeline(SOURCE, global_batch=8, seed=1, state=st,
+                                              transform=D.cls_transform(48)),
+            checkpoints=ckpt, writer=writer, checkpoint_every=2, log_every=1, on_step=on_step)
+    finally:
+        ckpt.close()
+        writer.close()
+    return jax.device_get(state["params"])
+
+
+def _assert_same(a, b):
+    jax.tree.map(lambda x, y: np.testing.assert_array_equal(x, y), a, b)
+
+
+def test_resume_continues_exactly(tmp_path):
+    straight = _run(tmp_path / "a", 6)
+    _run(tmp_path / "b", 3)                 # stops at 3 (a checkpoint), like an interrupted run
+    resumed = _run(tmp_path / "b", 6)       # same workdir: parameters, optimiser, data position
+    _assert_same(straight, resumed)
+
+
+def test_sigterm_saves_and_resume_matches(tmp_path, capsys):
+    straight = _run(tmp_path / "a", 6)
+
+    def kill_at_3(step, batch, aux, state):
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(Preempted, match="SIGTERM: saved stage 't' at step 3"):
+        _run(tmp_path / "b", 6, on_step=kill_at_3)
+    assert Checkpoints(tmp_path / "b" / "ckpt").latest_step() == 3
+    resumed = _run(tmp_path / "b", 6)
+    assert "resumed from checkpoint at step 3" in capsys.readouterr().out
+    _assert_same(straight, resumed)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    def poison(step):
+        def wrapped(state, batch):
+            bad = int(jax.device_get(state["step"])) >= 4   # read before the step donates it
+            new, aux = step(state, batch)
+            aux["metrics"]["loss"] = jnp.where(bad, jnp.nan, aux["metrics"]["loss"])
+            return new, aux
+        return wrapped
+
+    with pytest.raises(TrainingDiverged, match=r"loss is nan at step 5.*last good checkpoint "
+                                               r"\(step 4\) is kept"):
+        _run(tmp_path, 8, step_wrapper=poison)
+    assert Checkpoints(tmp_path / "ckpt").latest_step() == 4
