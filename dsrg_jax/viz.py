@@ -264,10 +264,7 @@ def save_supervision_curves(
     markers = "osd^v<>"
     for (k, v), m in zip(cols.items(), markers * 4):
         pct = v if np.nanmax(np.abs(v)) > 1.0 + 1e-9 else 100.0 * v
-        ax.plot(epochs, pct, marker=m, label=k)
-        if len(pct):
-            ax.annotate(f"{pct[-1]:.1f}", (epochs[-1], pct[-1]), textcoords="offset points",
-                        xytext=(4, 0), fontsize=7, va="center")
+        ax.plot(epochs, pct, marker=m, label=f"{k} ({pct[0]:.1f} -> {pct[-1]:.1f})")
     ax.set_xlabel(xlabel)
     ax.set_ylabel("%")
     ax.set_ylim(0, 100)

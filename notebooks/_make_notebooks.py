@@ -137,7 +137,7 @@ network's own (CRF-refined) probabilities take the place of the synthetic maps, 
 restarts from the original cues at every step.'''),
     ]
     cells += digits_cells()
-    return _notebook(cells)
+    return _notebook(cells, "quickstart")
 
 
 def digits_cells() -> list:
@@ -371,10 +371,12 @@ try:
 except (ValueError, TypeError) as e:
     print("error:", e)'''),
     ]
-    return _notebook(cells)
+    return _notebook(cells, "train-step")
 
 
-def _notebook(cells) -> nbformat.NotebookNode:
+def _notebook(cells, prefix: str) -> nbformat.NotebookNode:
+    for i, cell in enumerate(cells):   # stable ids: regenerating changes only what was edited
+        cell.id = f"{prefix}-{i:02d}"
     nb = v4.new_notebook(cells=cells)
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
                                  "language": "python"}

@@ -1,6 +1,8 @@
 """The notebooks run top to bottom on CPU, unedited (nbclient), and say what they claim."""
+import json
 import pathlib
 import re
+import sys
 
 import pytest
 
@@ -10,13 +12,27 @@ nbclient = pytest.importorskip("nbclient")
 NOTEBOOKS = pathlib.Path(__file__).resolve().parents[1] / "notebooks"
 
 
+KERNEL = "dsrg-jax-tests"
+
+
+def kernel_dir(tmp: pathlib.Path) -> pathlib.Path:
+    """A kernelspec that runs this interpreter (whatever other Jupyter kernels are installed)."""
+    spec = tmp / "kernels" / KERNEL
+    spec.mkdir(parents=True, exist_ok=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "dsrg_jax tests", "language": "python"}))
+    return tmp
+
+
 def run_notebook(name: str, workdir: pathlib.Path, monkeypatch) -> nbformat.NotebookNode:
     """Executes notebooks/<name> in a fresh kernel; outputs go to `workdir`."""
     monkeypatch.setenv("DSRG_NOTEBOOK_WORKDIR", str(workdir))
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
     monkeypatch.setenv("JUPYTER_PLATFORM_DIRS", "1")
+    monkeypatch.setenv("JUPYTER_PATH", str(kernel_dir(workdir / "jupyter")))
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
-    client = nbclient.NotebookClient(nb, timeout=900, kernel_name="python3",
+    client = nbclient.NotebookClient(nb, timeout=900, kernel_name=KERNEL,
                                      resources={"metadata": {"path": str(NOTEBOOKS)}})
     client.execute()
     return nb

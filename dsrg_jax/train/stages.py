@@ -512,7 +512,8 @@ def run_dsrg(exp: Experiment) -> dict:
     fig_ids = list(range(min(cfg.run.num_figure_images, len(source))))
     predict = S.make_seg_predict(model, conv)
     snap = GrowthSnapshots(exp, source, fig_ids, grid, predict)
-    on_step = snap.on_step(len(source) / optim.batch_size)
+    on_step = _combine(snap.on_step(len(source) / optim.batch_size),
+                       _image_logger(exp, cfg.run.image_log_every))
     if exp.path("dsrg", "checkpoints").exists() is False:
         snap.take(0, variables)
     variables, last = _train_stage(
@@ -528,6 +529,32 @@ def run_dsrg(exp: Experiment) -> dict:
             "seconds": round(time.perf_counter() - t0, 1)}
     exp.mark_done("dsrg", info)
     return info
+
+
+def _combine(*fns):
+    def fn(*args):
+        for f in fns:
+            f(*args)
+    return fn
+
+
+def _image_logger(exp: Experiment, every: int):
+    """TensorBoard grid every `every` steps: per image (rows) cues | grown cues | prediction."""
+
+    def fn(step, batch, aux, state):
+        del state
+        if step % every or not is_writer():
+            return
+        grown = to_host(aux["images"]["grown"])
+        pred = np.argmax(to_host(aux["images"]["probs"]), -1)
+        pal = figures.palette(exp.cfg.data.num_classes)
+        n = min(4, len(grown))
+        rows = [np.concatenate([figures.cue_image(batch["cues"][i], pal),
+                                figures.cue_image(grown[i], pal), pal[pred[i]]], axis=1)
+                for i in range(n)]
+        exp.writer.image("dsrg", step, "cues|grown|prediction", np.concatenate(rows, axis=0))
+
+    return fn
 
 
 class GrowthSnapshots:
