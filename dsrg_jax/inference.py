@@ -121,9 +121,13 @@ def scale_logits(apply_fn: ApplyFn, variables: Any, inputs: jax.Array, *, scale:
     Returns:
       float32[B, H, W, C].
     """
-    b, h, w, _ = inputs.shape
+    _, h, w, _ = inputs.shape
     x = resize_bilinear(inputs, (scaled_size(h, scale), scaled_size(w, scale)))
-    logits = resize_bilinear(_call(apply_fn, variables, x).astype(jnp.float32), (h, w))
+    out = _call(apply_fn, variables, x)
+    if not hasattr(out, "ndim") or out.ndim != 4 or out.shape[0] != x.shape[0]:
+        raise ValueError(f"apply_fn must return logits float[B, h, w, C] for input "
+                         f"{tuple(x.shape)}, got {getattr(out, 'shape', type(out).__name__)}")
+    logits = resize_bilinear(out.astype(jnp.float32), (h, w))
     if flip:
         flipped = _call(apply_fn, variables, x[:, :, ::-1]).astype(jnp.float32)
         logits = logits + resize_bilinear(flipped, (h, w))[:, :, ::-1]

@@ -181,3 +181,8 @@ def test_canvas_of_the_image_size_changes_nothing(net, images):
     want = inference.segment(apply_fn, square, variables=variables, crf=True, crf_processes=1)
     for i, r in enumerate(recs):
         np.testing.assert_array_equal(got[r.image_id], want.labels_crf[i])
+
+
+def test_apply_fn_returning_no_logits_is_named(images):
+    with pytest.raises(ValueError, match="apply_fn must return logits"):
+        inference.multi_scale_logits(lambda x: (x, x), images, scales=(1.0,))
