@@ -67,3 +67,64 @@ def run_and_report(cfg, workdir, stages, num_devices=None) -> dict:
     if "miou" in out:
         log("results: " + json.dumps({"miou": out["miou"]}))
     return out
+
+
+def init_tpu() -> None:
+    """jax.distributed.initialize() for a TPU pod slice; a clear error without a TPU."""
+    import jax
+
+    try:
+        jax.distributed.initialize()
+    except Exception as e:  # noqa: BLE001
+        sys.exit(f"error: --tpu: jax.distributed.initialize() failed ({e}); run on a TPU VM "
+                 f"with jax[tpu] installed, or drop --tpu")
+    if jax.devices()[0].platform != "tpu":
+        sys.exit(f"error: --tpu given but JAX found no TPU (devices: {jax.devices()}); "
+                 f"install jax[tpu] on a TPU VM, or drop --tpu")
+
+
+def dataset_parser(prog: str, description: str, data_help: str) -> argparse.ArgumentParser:
+    """The flags shared by the real-dataset CLIs (`experiments.voc`, `experiments.coco`)."""
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument("--tpu", action="store_true",
+                   help="multi-host TPU run: calls jax.distributed.initialize() first and fails "
+                        "if no TPU is found")
+    p.add_argument("--data-dir", required=True, help=data_help)
+    p.add_argument("--workdir", required=True,
+                   help="output folder: checkpoints, cues, pseudo-labels, metrics, results.json")
+    p.add_argument("--backbone", default="vgg16", choices=("vgg16", "resnet101"),
+                   help="segmentation backbone: DeepLab-v2 VGG16 ASPP-L or ResNet-101 ASPP")
+    p.add_argument("--init-weights", default=None,
+                   help="ImageNet weights (.pth or .safetensors; torchvision vgg16-397923af.pth "
+                        "or resnet101-63fe2227.pth); without it the nets train from scratch")
+    p.add_argument("--cues", default=None,
+                   help="official cue file (SEC/DSRG localization_cues.pickle[.gz]) or a "
+                        "dsrg_jax cues .npz; skips the CAM classifier (the published setup)")
+    p.add_argument("--saliency-dir", default=None,
+                   help="folder of greyscale saliency PNGs named <image id>.png for the "
+                        "background cues (without it: low-CAM background)")
+    add_run_flags(p)
+    return p
+
+
+def dataset_main(args, get_config, data_hint: str) -> dict:
+    """Checks the paths, starts the TPU runtime if asked, resolves the config and runs."""
+    import pathlib
+
+    from dsrg_jax.train.config import override
+
+    if not pathlib.Path(args.data_dir).is_dir():
+        sys.exit(f"error: data dir {args.data_dir} not found: {data_hint}")
+    if args.init_weights is not None and not pathlib.Path(args.init_weights).is_file():
+        sys.exit(f"error: weights file {args.init_weights} not found: download torchvision's "
+                 f"ImageNet weights (https://download.pytorch.org/models/vgg16-397923af.pth or "
+                 f"resnet101-63fe2227.pth) and pass their path to --init-weights")
+    if args.tpu:
+        init_tpu()
+    changes = {"data.data_dir": args.data_dir, "model.init_weights": args.init_weights,
+               "data.saliency_dir": args.saliency_dir, "data.cues_file": args.cues,
+               "model.segmentation": f"deeplab_{args.backbone}"}
+    if args.backbone == "resnet101":
+        changes["data.input_convention"] = "torchvision"
+    cfg = apply_run_flags(override(get_config(), **changes), args)
+    return run_and_report(cfg, args.workdir, stages_of(args), args.num_devices)
