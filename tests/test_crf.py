@@ -362,3 +362,23 @@ def test_bad_arguments_are_named(images, probs, kwargs, error, name):
     if "kernel" not in kwargs and np.ndim(probs) == 4:
         with pytest.raises(error, match=f"`{name}`"):
             crf.dense_crf_host_batch(images, probs, processes=1, **kwargs)
+
+
+@pytest.mark.parametrize("axis_type", ["explicit", "auto"])
+def test_jax_crf_runs_per_device_under_shard_map_with_the_varying_axis_check(axis_type):
+    """The lattice's search loop must trace inside a user's shard_map (check_vma on), and each
+    device's result equals the unsharded one."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (8, 21, 21, 3)).astype(np.uint8)
+    logits = rng.normal(size=(8, 21, 21, 5))
+    probs = (np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)).astype(np.float32)
+    if axis_type == "explicit":
+        mesh = jax.make_mesh((8,), ("data",))
+    else:
+        mesh = Mesh(np.array(jax.devices()), ("data",))
+    sharding = NamedSharding(mesh, P("data"))
+    per_device = jax.jit(jax.shard_map(crf.dense_crf, mesh=mesh, in_specs=P("data"),
+                                       out_specs=P("data")))
+    out = per_device(jax.device_put(images, sharding), jax.device_put(probs, sharding))
+    np.testing.assert_allclose(np.asarray(out), np.asarray(crf.dense_crf(images, probs)),
+                               atol=1e-6)

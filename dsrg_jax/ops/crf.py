@@ -329,8 +329,10 @@ def _lookup(table: jax.Array, queries: jax.Array) -> jax.Array:
     """Slot (1-based row of `table`) of each query key, 0 where absent. table: int32[E, nw],
     sorted lexicographically (sentinel rows last); queries: int32[Q, nw]. Binary search."""
     e = table.shape[0]
-    lo = jnp.zeros(queries.shape[:1], jnp.int32)
-    hi = jnp.full(queries.shape[:1], e, jnp.int32)
+    # Bounds built from the inputs (not constants) so the loop traces under shard_map with its
+    # varying-axis check on (DESIGN.md 5).
+    lo = jnp.zeros_like(queries[:, 0], jnp.int32) + jnp.zeros_like(table[0, 0], jnp.int32)
+    hi = lo + e
 
     def step(_, bounds):
         lo, hi = bounds
