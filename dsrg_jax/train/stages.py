@@ -339,7 +339,7 @@ def run_cues(exp: Experiment) -> dict:
         exp, "cues", model=model, variables=variables, optim=cfg.cues.optim,
         make_step=lambda tx: S.make_cam_train_step(model, tx, conv, exp.mesh),
         source=train_src, transform=D.cls_transform(size))
-    cam_predict = S.make_cam_predict(model, conv)
+    cam_predict = S.make_predict(model, conv)
     grid = output_grid(model, variables, size)
     c = cfg.cues
     fields = ("image", "labels", "mask") if _has_masks(train_src) else ("image", "labels")
@@ -510,7 +510,7 @@ def run_dsrg(exp: Experiment) -> dict:
     optim = cfg.dsrg.optim
     hook = SupervisionHook(len(source) / optim.batch_size, cfg.data.num_classes)
     fig_ids = list(range(min(cfg.run.num_figure_images, len(source))))
-    predict = S.make_seg_predict(model, conv)
+    predict = S.make_predict(model, conv)
     snap = GrowthSnapshots(exp, source, fig_ids, grid, predict)
     on_step = _combine(snap.on_step(len(source) / optim.batch_size),
                        _image_logger(exp, cfg.run.image_log_every))
@@ -612,7 +612,7 @@ def run_pseudo(exp: Experiment) -> dict:
         return info
     t0 = time.perf_counter()
     model, variables, conv = load_stage_variables(exp, "dsrg", "seg", 1)
-    predict = S.make_seg_predict(model, conv)
+    predict = S.make_predict(model, conv)
     source = D.make_source(cfg, "train", with_saliency=False)
     from dsrg_jax.data.files import write_label_png
 
@@ -687,7 +687,7 @@ def run_eval(exp: Experiment) -> dict:
         if exp.done(stage) is None:
             continue
         model, variables, conv = load_stage_variables(exp, stage, "seg", offset)
-        res = evaluate_model(exp, S.make_seg_predict(model, conv), variables, crf=cfg.eval.crf,
+        res = evaluate_model(exp, S.make_predict(model, conv), variables, crf=cfg.eval.crf,
                              tag=stage)
         results["miou"][stage] = res["miou"]
         results["eval"][stage] = res

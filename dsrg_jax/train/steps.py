@@ -115,17 +115,6 @@ def make_cam_train_step(model: nn.Module, tx, convention: InputConvention, mesh)
     return _jit_step(step, mesh)
 
 
-def make_cam_predict(model: nn.Module, convention: InputConvention) -> Callable:
-    """(variables, images uint8[B, H, W, 3]) -> (logits float[B, F], features float[B, h, w, K])."""
-
-    @jax.jit
-    def predict(variables, images):
-        x = convention.normalize(images.astype(jnp.float32))
-        return model.apply(variables, x, train=False)
-
-    return predict
-
-
 # ------------------------------------------------------------------------------------ dsrg
 
 
@@ -248,8 +237,10 @@ def make_retrain_step(model: nn.Module, tx, convention: InputConvention, mesh) -
 # ---------------------------------------------------------------------------------- predict
 
 
-def make_seg_predict(model: nn.Module, convention: InputConvention) -> Callable:
-    """(variables, images uint8[B, H, W, 3]) -> logits float32[B, h, w, C] (eval mode)."""
+def make_predict(model: nn.Module, convention: InputConvention) -> Callable:
+    """(variables, images uint8[B, H, W, 3]) -> the model's eval-mode output: logits
+    float32[B, h, w, C] for a segmentation net, (logits float[B, F], features float[B, h, w, K])
+    for the CAM classifier."""
 
     @jax.jit
     def predict(variables, images):
