@@ -17,6 +17,10 @@ over the whole batch (compiled once per (apply_fn, scale, image shape)); pass th
 object on every call so the compiled code is reused, and the variables through `variables` rather
 than a closure (a closure bakes them into the compiled code as constants).
 
+A batch of images of different sizes padded to one canvas (what the training pipeline gives, possibly
+sharded over devices): `canvas_logits(apply_fn, images, hw, scales=...)`, or `sizes=(241, 321, 401)`
+to warp each image to s x s (the pseudo-label protocol, DESIGN.md 2.4); the pipeline's stages use it.
+
 A whole split: `predict_records(apply_fn, records, variables=..., canvas=500, out_dir=...)` batches
 images of any size (padded to a canvas, or grouped by size) and writes VOC palette PNGs that
 `python -m dsrg_jax.evaluate` scores. The CRF's process pool is spawned: a script that uses it
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import pathlib
 from typing import Any, Callable, Mapping, Sequence
 
@@ -153,6 +158,144 @@ def multi_scale_logits(apply_fn: ApplyFn, images: jax.Array | np.ndarray, *,
     total = None
     for s in scales:
         logits = scale_logits(apply_fn, variables, inputs, scale=float(s), flip=bool(flip))
+        total = logits if total is None else total + logits
+    return total
+
+
+def _interp_matrix(out_len: int, in_len: int, dst: jax.Array, src: jax.Array) -> jax.Array:
+    """float32[out_len, in_len]: bilinear resize of the first `src` of `in_len` samples onto the
+    first `dst` of `out_len` (half-pixel centres, edges clamped: OpenCV's INTER_LINEAR); rows from
+    `dst` on are zero. dst, src: int scalars (traced: one per image)."""
+    o = jnp.arange(out_len, dtype=jnp.float32)
+    src_f, dst_f = src.astype(jnp.float32), dst.astype(jnp.float32)
+    x = jnp.clip((o + 0.5) * (src_f / dst_f) - 0.5, 0.0, src_f - 1.0)
+    x0 = jnp.floor(x)
+    frac = x - x0
+    i0 = x0.astype(jnp.int32)
+    i1 = jnp.minimum(i0 + 1, src.astype(jnp.int32) - 1)
+    cols = jnp.arange(in_len)[None, :]
+    m = ((1.0 - frac)[:, None] * (cols == i0[:, None])
+         + frac[:, None] * (cols == i1[:, None]))
+    return jnp.where((o < dst_f)[:, None], m, 0.0)
+
+
+def _resize_region(x: jax.Array, out_hw: tuple[int, int], dst: jax.Array,
+                   src: jax.Array) -> jax.Array:
+    """Per image: x[b, :src_h, :src_w] resized bilinearly to [:dst_h, :dst_w] of an out_hw
+    canvas (zero elsewhere). x: float[B, H, W, C]; dst, src: int[B, 2]."""
+    def one(img, d, s):
+        my = _interp_matrix(out_hw[0], img.shape[0], d[0], s[0])
+        mx = _interp_matrix(out_hw[1], img.shape[1], d[1], s[1])
+        return jnp.einsum("oh,hwc,pw->opc", my, img, mx, precision=jax.lax.Precision.HIGHEST)
+    return jax.vmap(one)(x, dst, src)
+
+
+def _flip_region(x: jax.Array, width: jax.Array) -> jax.Array:
+    """Per image: columns [:width[b]] of x float[B, H, W, C] mirrored, the rest kept."""
+    cols = jnp.arange(x.shape[2])[None, :]
+    idx = jnp.where(cols < width[:, None], width[:, None] - 1 - cols, cols)
+    return jnp.take_along_axis(x, idx[:, None, :, None], axis=2)
+
+
+@functools.partial(jax.jit, static_argnames=("apply_fn", "scale", "size", "flip"))
+def canvas_scale_logits(apply_fn: ApplyFn, variables: Any, inputs: jax.Array, hw: jax.Array,
+                        fill: jax.Array, *, scale: float | None = None, size: int | None = None,
+                        flip: bool = False) -> jax.Array:
+    """Logits of one scale for images padded at the top left of a canvas (see `canvas_logits`).
+
+    Args:
+      apply_fn, variables: the network (see `scale_logits`).
+      inputs: float32[B, S, S', 3] normalised canvases; hw: int[B, 2] each image's real size.
+      fill: float32[3] the network-input value of the padding (the normalised mean colour).
+      scale: the real image resized to round(scale*h) x round(scale*w) (aspect kept), at the top
+        left of a ceil(scale*S) x ceil(scale*S') canvas; or
+      size: the real image warped to size x size (aspect not kept).
+      flip: also run the mirrored image and add its mirrored-back logits.
+
+    Returns:
+      float32[B, S, S', C]: each image's logits (the part of the output grid its real region
+      covers) resized bilinearly to (h, w) at the top left; zero elsewhere.
+    """
+    _, big_h, big_w, _ = inputs.shape
+    hw = hw.astype(jnp.int32)
+    if size is not None:
+        side = (int(size), int(size))
+        dst = jnp.full_like(hw, int(size))
+    else:
+        side = (math.ceil(big_h * scale), math.ceil(big_w * scale))
+        dst = jnp.maximum(1, jnp.round(hw.astype(jnp.float32) * scale).astype(jnp.int32))
+    x = _resize_region(inputs, side, dst, hw)
+    inside = ((jnp.arange(side[0])[None, :, None] < dst[:, 0, None, None])
+              & (jnp.arange(side[1])[None, None, :] < dst[:, 1, None, None]))
+    x = jnp.where(inside[..., None], x, fill)
+    canvas_side = jnp.asarray(side, jnp.int32)
+
+    def logits_of(xin):
+        out = _call(apply_fn, variables, xin)
+        if not hasattr(out, "ndim") or out.ndim != 4 or out.shape[0] != xin.shape[0]:
+            raise ValueError(f"apply_fn must return logits float[B, h, w, C] for input "
+                             f"{tuple(xin.shape)}, got "
+                             f"{getattr(out, 'shape', type(out).__name__)}")
+        grid = jnp.asarray(out.shape[1:3], jnp.int32)
+        # The output cells that cover the real (resized) image: ceil(grid * dst / side).
+        cover = jnp.maximum(1, (grid * dst + canvas_side - 1) // canvas_side)
+        return _resize_region(out.astype(jnp.float32), (big_h, big_w), hw, cover)
+
+    logits = logits_of(x)
+    if flip:
+        logits = logits + _flip_region(logits_of(_flip_region(x, dst[:, 1])), hw[:, 1])
+    return logits
+
+
+def canvas_logits(apply_fn: ApplyFn, images: jax.Array | np.ndarray, hw: jax.Array | np.ndarray,
+                  *, variables: Any = None, scales: Sequence[float] | None = DEFAULT_SCALES,
+                  sizes: Sequence[int] | None = None, flip: bool = False,
+                  normalize: Normalize = "caffe",
+                  fill: Sequence[float] = MEAN_RGB_UINT8) -> jax.Array:
+    """Multi-scale logits of a batch of images of different sizes, each at the top left of a
+    canvas: the batch the training pipeline gives (and may shard over devices: the arrays keep
+    their sharding, one jitted call per scale).
+
+    Unlike `multi_scale_logits` on the padded canvases (DeepLab's padding: the network sees the
+    canvas scaled), each image's real region is scaled on its own and padded after scaling, and
+    its logits come from the output cells its region covers: the result of an image does not
+    depend on the canvas it was padded to (up to the padding the network sees at the scaled
+    canvas' border).
+
+    Args:
+      apply_fn, variables: the network (see `scale_logits`).
+      images: [B, S, S', 3] RGB canvases, image b in [:h_b, :w_b].
+      hw: int[B, 2] real sizes (h_b, w_b).
+      scales: image scales, aspect kept (the test protocol, DESIGN.md 2.5); or
+      sizes: sides the image is warped to, aspect not kept (the pseudo-label protocol, DESIGN.md
+        2.4: 241, 321, 401); exactly one of scales / sizes (sizes wins when given).
+      flip: add the mirrored image's logits at every scale.
+      normalize: RGB -> network input (see `normalize_images`).
+      fill: RGB colour of the padding of the scaled canvases (normalised like the images).
+
+    Returns:
+      float32[B, S, S', C]: summed logits, image b's in [:h_b, :w_b], zero elsewhere.
+    """
+    images = jnp.asarray(images)
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"images must be [B, H, W, 3] RGB, got shape {tuple(images.shape)}")
+    hw = jnp.asarray(hw)
+    if hw.shape != (images.shape[0], 2):
+        raise ValueError(f"hw must be int[{images.shape[0]}, 2], got shape {tuple(hw.shape)}")
+    steps = [dict(size=int(v)) for v in sizes] if sizes is not None else [
+        dict(scale=float(v)) for v in (scales or ())]
+    if not steps:
+        raise ValueError("scales or sizes must name at least one scale")
+    for st in steps:
+        if not next(iter(st.values())) > 0:
+            raise ValueError(f"scales / sizes must be > 0, got {st}")
+    inputs = normalize_images(images, normalize)
+    fill_in = normalize_images(jnp.asarray(fill, jnp.float32).reshape(1, 1, 1, 3),
+                               normalize).reshape(3)
+    total = None
+    for st in steps:
+        logits = canvas_scale_logits(apply_fn, variables, inputs, hw, fill_in, flip=bool(flip),
+                                     **st)
         total = logits if total is None else total + logits
     return total
 

@@ -6,7 +6,7 @@ import json
 import sys
 import time
 
-STAGE_CHOICES = ("cues", "dsrg", "pseudo", "retrain", "eval", "all")
+STAGE_CHOICES = ("pretrain", "cues", "dsrg", "pseudo", "retrain", "eval", "all")
 
 
 def add_run_flags(p: argparse.ArgumentParser) -> None:
@@ -17,7 +17,7 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None,
                    help="seed of initialisation, data order, augmentation and dropout")
     p.add_argument("--max-steps", type=int, default=None,
-                   help="training steps of each training stage (cues, dsrg, retrain)")
+                   help="training steps of each training stage (pretrain, cues, dsrg, retrain)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="global batch of each training stage, whatever the device count")
     p.add_argument("--num-devices", type=int, default=None,
@@ -31,7 +31,7 @@ def apply_run_flags(cfg, args):
     changes = {}
     if args.seed is not None:
         changes["run.seed"] = args.seed
-    for stage in ("cues", "dsrg", "retrain"):
+    for stage in ("pretrain", "cues", "dsrg", "retrain"):
         if args.max_steps is not None:
             changes[f"{stage}.optim.max_steps"] = args.max_steps
         if args.batch_size is not None:

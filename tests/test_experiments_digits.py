@@ -9,6 +9,7 @@ import sys
 import time
 
 import pytest
+from PIL import Image
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -45,6 +46,53 @@ def test_quick_run_writes_results_and_figures(quick_run):
     assert (workdir / "config.json").is_file() and (workdir / "metrics.jsonl").is_file()
     assert len(list((workdir / "pseudo_labels").glob("*.png"))) == 400
     assert "devices: 8" in out
+
+
+def test_eval_writes_palette_predictions_scores_and_all_figures(quick_run):
+    workdir, _ = quick_run
+    res = json.loads((workdir / "results.json").read_text())
+    for stage in ("dsrg", "retrain"):
+        pngs = list((workdir / "eval" / stage / "predictions").glob("*.png"))
+        assert len(pngs) == 100
+        with Image.open(pngs[0]) as im:
+            assert im.mode == "P" and im.size == (56, 56)  # VOC palette, the image's size
+        table = (workdir / "eval" / stage / "scores.txt").read_text()
+        assert f"{100 * res['miou'][stage]:.2f}" in table.split("mIoU")[1].split()[0]
+        assert "pixel acc." in table and "(100 images)" in table
+    for name in ("supervision", "growth", "class_iou", "overlays", "cam_bg_threshold"):
+        assert (workdir / "figures" / f"{name}.png").stat().st_size > 1000, name
+    curve = res["bg_threshold_curve"]
+    cues_done = json.loads((workdir / "cues" / "done.json").read_text())
+    assert cues_done["bg_threshold_curve"] == curve
+    assert curve["thresholds"][0] == 0.05 and curve["thresholds"][-1] == 0.5
+    for key in ("precision", "recall", "iou", "miou", "cam_miou"):
+        assert len(curve[key]) == len(curve["thresholds"])
+    at = curve["thresholds"].index(curve["configured"])  # the configured rule = the cues made
+    for key, v in res["cue_quality_train"].items():
+        assert curve[key][at] == pytest.approx(v, abs=1e-12)
+
+
+def test_evaluate_cli_reproduces_the_eval_miou(quick_run, tmp_path):
+    """`python -m dsrg_jax.evaluate` on the written PNGs gives results.json's mIoU."""
+    from dsrg_jax.data.digits import DigitsSource
+    from dsrg_jax.data.files import write_label_png
+
+    workdir, _ = quick_run
+    res = json.loads((workdir / "results.json").read_text())
+    val = DigitsSource("val", num_images=100, seed=0, size=56)
+    for i in range(len(val)):
+        write_label_png(tmp_path / "gt" / f"{val.ids[i]}.png", val[i].mask)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dsrg_jax.evaluate", "--gt", str(tmp_path / "gt"), "--pred",
+         str(workdir / "eval" / "retrain" / "predictions"), "--num-classes", "11", "--json",
+         str(tmp_path / "scores.json")], cwd=REPO, env=_env(), capture_output=True, text=True,
+        timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    scores = json.loads((tmp_path / "scores.json").read_text())
+    assert scores["num_images"] == 100
+    assert scores["mean_iou"] == pytest.approx(100 * res["miou"]["retrain"], abs=1e-3)
+    assert scores["pixel_accuracy"] == pytest.approx(
+        100 * res["eval"]["retrain"]["pixel_accuracy"], abs=1e-3)
 
 
 def test_rerun_skips_finished_stages(quick_run):

@@ -186,3 +186,71 @@ def test_canvas_of_the_image_size_changes_nothing(net, images):
 def test_apply_fn_returning_no_logits_is_named(images):
     with pytest.raises(ValueError, match="apply_fn must return logits"):
         inference.multi_scale_logits(lambda x: (x, x), images, scales=(1.0,))
+
+
+def canvas_by_hand(apply_fn, variables, canvases, hws, *, scales=None, sizes=None, flip=False):
+    """Each image on its own with OpenCV (float INTER_LINEAR): its real region scaled (aspect kept,
+    padded with the mean colour to ceil(scale * S)) or warped to s x s, the output cells that
+    cover it resized to (h, w), summed over scales (and mirrored passes)."""
+    b, big, _, _ = canvases.shape
+    total = np.zeros((b, big, big, NUM_CLASSES), np.float64)
+    x_full = np_normalize(canvases, "caffe")
+    fill = np_normalize(np.asarray(inference.MEAN_RGB_UINT8, np.float32)[None, None], "caffe")[0, 0]
+    steps = [("size", s) for s in sizes] if sizes is not None else [("scale", s) for s in scales]
+    for kind, v in steps:
+        side = v if kind == "size" else int(np.ceil(big * v))
+        for n, (h, w) in enumerate(hws):
+            hs, ws = (v, v) if kind == "size" else (max(1, round(h * v)), max(1, round(w * v)))
+            x = np.empty((side, side, 3), np.float32)
+            x[:] = fill
+            x[:hs, :ws] = cv2.resize(x_full[n, :h, :w], (ws, hs), interpolation=cv2.INTER_LINEAR)
+            variants = [(x, False)]
+            if flip:
+                xf = x.copy()
+                xf[:hs, :ws] = x[:hs, :ws][:, ::-1]
+                variants.append((xf, True))
+            for xin, mirrored in variants:
+                out = np.asarray(apply_fn(variables, jnp.asarray(xin[None])))[0]
+                gh, gw = out.shape[:2]
+                rows, cols = -(-gh * hs // side), -(-gw * ws // side)
+                up = cv2.resize(np.ascontiguousarray(out[:rows, :cols]), (w, h),
+                                interpolation=cv2.INTER_LINEAR)
+                total[n, :h, :w] += up[:, ::-1] if mirrored else up
+    return total
+
+
+@pytest.mark.parametrize("kw", [dict(scales=(0.75, 1.0, 1.25)), dict(sizes=(20, 32)),
+                                dict(scales=(0.5, 1.0), flip=True)])
+def test_canvas_logits_of_a_sharded_batch_equal_each_image_by_hand(net, images, kw):
+    """Images of different sizes padded to one canvas, the batch sharded over 8 devices (as the
+    pipeline's stages give it): each image's logits as if it ran alone, at every scale."""
+    from dsrg_jax.sharding import global_batch, make_mesh
+
+    apply_fn, variables = net
+    rng = np.random.default_rng(1)
+    big = 48
+    hws = np.array([[48, 48], [39, 47], [20, 31], [33, 12], [48, 17], [7, 9], [40, 40],
+                    [25, 48]], np.int32)
+    canvases = np.empty((8, big, big, 3), np.uint8)
+    canvases[:] = inference.MEAN_RGB_UINT8
+    for n, (h, w) in enumerate(hws):
+        canvases[n, :h, :w] = cv2.resize(images[n % len(images)], (int(w), int(h)))
+    canvases[5, :7, :9] = rng.integers(0, 256, (7, 9, 3))
+    gb = global_batch({"image": canvases, "hw": hws}, make_mesh(8))
+    got = inference.canvas_logits(apply_fn, gb["image"], gb["hw"], variables=variables, **kw)
+    assert len(got.sharding.device_set) == 8  # stays sharded over the batch
+    got = np.asarray(got)
+    want = canvas_by_hand(apply_fn, variables, canvases, hws, **kw)
+    np.testing.assert_allclose(got, want, atol=1e-5 * np.abs(want).max())
+    for n, (h, w) in enumerate(hws):  # zero outside each image
+        assert not got[n, h:].any() and not got[n, :, w:].any()
+
+
+def test_canvas_logits_of_full_size_images_equal_multi_scale_logits(net, images):
+    apply_fn, variables = net
+    square = np.ascontiguousarray(images[:, :36, :36])  # ceil(0.75 * 36) = round(0.75 * 36)
+    hws = np.full((len(square), 2), 36, np.int32)
+    got = inference.canvas_logits(apply_fn, square, hws, variables=variables, scales=(0.75, 1.0))
+    want = inference.multi_scale_logits(apply_fn, square, variables=variables, scales=(0.75, 1.0))
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want),
+                               atol=1e-5 * float(np.abs(want).max()))

@@ -280,6 +280,70 @@ class DigitsSource:
         return check_by_loading(self, index)
 
 
+GLYPH_SIZE = 32
+
+
+def make_glyph_example(
+    split: str, index: int, *, seed: int = 0, size: int = GLYPH_SIZE, canvas: int = 56
+) -> tuple[np.ndarray, int]:
+    """One single-digit image for classifier pretraining (the digits' ImageNet), pure in
+    (seed, split, index).
+
+    A digit of the split's pool at the scale it has on a `canvas`-sized digits image (drawn the
+    same way: photo background, clutter, contrasting colour), at a random place in a size x size
+    crop (cut off where it is taller than the crop). No mask: pretraining sees the class only.
+
+    Returns: image uint8[size, size, 3] RGB, digit 0..9.
+    """
+    _check_split(split)
+    rng = np.random.default_rng([int(seed), 7, _SPLIT_CODE[split], int(index)])
+    digits, labels = load_mnist_digits()
+    pool = digit_pool(split)
+    img = np.ascontiguousarray(_background(rng, load_photos(split), size))
+    _clutter(rng, img, size)
+    j = int(pool[rng.integers(len(pool))])
+    alpha = _glyph(rng, digits[j], canvas)[:size, :size]
+    gh, gw = alpha.shape
+    y0 = int(rng.integers(0, size - gh + 1))
+    x0 = int(rng.integers(0, size - gw + 1))
+    region = img[y0:y0 + gh, x0:x0 + gw]
+    color = _contrasting_color(rng, region)
+    region[...] = region * (1.0 - alpha[..., None]) + color * alpha[..., None]
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8), int(labels[j])
+
+
+class GlyphSource:
+    """Single-digit images of one split as `Record`s for classifier pretraining (no mask).
+
+    labels: bool[11] with background (channel 0) False and the digit's class d + 1 True, so the
+    CAM classifier (which sees channels 1..) learns a 10-way task on them.
+    """
+
+    class_names = DIGIT_CLASSES
+
+    def __init__(self, split: str = "train", *, num_images: int = 6000, seed: int = 0,
+                 size: int = GLYPH_SIZE, canvas: int = 56):
+        _check_split(split)
+        if num_images <= 0:
+            raise ValueError(f"num_images must be positive, got {num_images}")
+        self.split, self.num_images, self.seed = split, int(num_images), int(seed)
+        self.size, self.canvas = int(size), int(canvas)
+        self.num_classes = NUM_DIGIT_CLASSES
+        self.ids = [f"glyph_{split}_{i:05d}" for i in range(self.num_images)]
+
+    def __len__(self) -> int:
+        return self.num_images
+
+    def __getitem__(self, index: int) -> Record:
+        if not 0 <= index < self.num_images:
+            raise IndexError(f"index {index} out of range for {self.num_images} glyph images")
+        image, digit = make_glyph_example(self.split, index, seed=self.seed, size=self.size,
+                                          canvas=self.canvas)
+        labels = np.zeros(NUM_DIGIT_CLASSES, bool)
+        labels[digit + 1] = True
+        return Record(self.ids[index], image, labels)
+
+
 def export_voc_tree(
     root: str | pathlib.Path, *, seed: int = 0, size: int = DEFAULT_SIZE,
     num_train: int | None = None, num_val: int | None = None,

@@ -61,6 +61,20 @@ class OptimConfig:
 
 
 @dataclasses.dataclass
+class PretrainConfig:
+    """Stage `pretrain`: the digits' stand-in for ImageNet weights. When enabled, the small CAM
+    classifier is first trained on single-digit images (a 10-way task, `GlyphSource`) and its
+    trunk ("backbone") initialises the CAM, DSRG and retrain nets, as the ImageNet VGG16 does on
+    VOC. Real datasets use model.init_weights instead and leave this off."""
+    enabled: bool = False
+    image_size: int = 32                   # glyph crops (digits at their size on the canvas)
+    num_images: int = 6000
+    optim: OptimConfig = dataclasses.field(default_factory=lambda: OptimConfig(
+        optimizer="adam", base_lr=1e-3, schedule="constant", batch_size=64, max_steps=800,
+        classifier_lr_mult=1.0, classifier_bias_lr_mult=1.0))
+
+
+@dataclasses.dataclass
 class CueConfig:
     """Stage `cues`: CAM classifier training and seed cues (DESIGN.md 2.1)."""
     optim: OptimConfig = dataclasses.field(default_factory=lambda: OptimConfig(
@@ -137,6 +151,7 @@ class Config:
     name: str = "voc"
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    pretrain: PretrainConfig = dataclasses.field(default_factory=PretrainConfig)
     cues: CueConfig = dataclasses.field(default_factory=CueConfig)
     dsrg: DSRGConfig = dataclasses.field(default_factory=DSRGConfig)
     pseudo: PseudoConfig = dataclasses.field(default_factory=PseudoConfig)

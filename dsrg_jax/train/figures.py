@@ -1,4 +1,7 @@
-"""Figures of a run (PNG, matplotlib): supervision quality per epoch, cue growth panels."""
+"""Figures of a run (PNG, matplotlib, VOC palette colours), written by `write_all` into
+workdir/figures: cue growth (the paper's Fig. 1), supervision quality per epoch (Fig. 4), per-class
+IoU of the dsrg and retrain nets, prediction overlays without / with the CRF, and the quality of
+the low-CAM background rule over its threshold."""
 from __future__ import annotations
 
 import pathlib
@@ -16,15 +19,13 @@ def _plt():
     return plt
 
 
-def palette(num_classes: int) -> np.ndarray:
-    """uint8[256, 3]: black background, tab10/tab20 colours for classes, grey for no cue/ignore."""
-    plt = _plt()
-    colours = np.zeros((256, 3), np.uint8)
-    cmap = plt.get_cmap("tab10" if num_classes <= 11 else "tab20")
-    for c in range(1, num_classes):
-        colours[c] = (np.asarray(cmap((c - 1) % cmap.N)[:3]) * 255).astype(np.uint8)
-    colours[255] = (200, 200, 200)
-    return colours
+def palette(num_classes: int | None = None) -> np.ndarray:
+    """uint8[256, 3]: the VOC colour map (`dsrg_jax.data.files.VOC_PALETTE`: background black,
+    255 = ignore / no cue light grey), the colours of the predicted PNGs."""
+    del num_classes  # the same map for every dataset
+    from dsrg_jax.data.files import VOC_PALETTE
+
+    return VOC_PALETTE
 
 
 def cue_image(cues: np.ndarray, pal: np.ndarray) -> np.ndarray:
@@ -83,8 +84,85 @@ def growth_figure(path, growth_dir: pathlib.Path, num_classes: int, max_epochs: 
     return True
 
 
-def write_all(workdir, results: dict, *, class_names: Sequence[str]) -> list[str]:
-    """All figures of a finished run into workdir/figures; returns their paths."""
+def class_iou_figure(path, evals: dict, class_names: Sequence[str]) -> bool:
+    """Per-class val IoU of each evaluated net (e.g. dsrg and retrain) side by side: bars in the
+    class colours, one hatch per net, dashed mIoU lines. evals: {net: {"iou_per_class": [...],
+    "miou": float}} (fractions; None = class absent). False if there is nothing to draw."""
+    evals = {k: v for k, v in evals.items() if v.get("iou_per_class")}
+    if not evals:
+        return False
+    plt = _plt()
+    pal = palette() / 255.0
+    c = len(class_names)
+    width = 0.8 / len(evals)
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.5 * c + 1.5), 3.6))
+    x = np.arange(c)
+    hatches = ("", "//", "..", "xx")
+    for j, (net, res) in enumerate(evals.items()):
+        iou = np.array([np.nan if v is None else 100 * v for v in res["iou_per_class"]], float)
+        pos = x - 0.4 + width * (j + 0.5)
+        ax.bar(pos, np.nan_to_num(iou), width, color=pal[np.arange(c)], edgecolor="grey",
+               linewidth=0.5, hatch=hatches[j % len(hatches)], label=net)
+        ax.axhline(100 * res["miou"], color="k", lw=1, ls=("--", ":", "-.")[j % 3],
+                   label=f"{net} mIoU {100 * res['miou']:.1f}")
+    ax.set_xticks(x)
+    ax.set_xticklabels(class_names, rotation=60, ha="right", fontsize=8)
+    ax.set_ylabel("IoU (%) on val")
+    ax.set_ylim(0, 110)
+    ax.legend(fontsize=7, ncol=2, loc="upper right")
+    ax.set_title("IoU per class (" + " | ".join(evals) + ")", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def overlay_figure(path, samples: dict, class_names: Sequence[str], net: str) -> bool:
+    """A few fixed val images: image, prediction without CRF, with CRF (if it ran), ground truth,
+    as overlays. samples: {"ids", "images", "gt", "pred", "pred_crf"} lists (see
+    `stages.evaluate_model`). False if there are none."""
+    from dsrg_jax import viz
+
+    if not samples or not samples.get("images"):
+        return False
+    crf = samples["pred_crf"] if all(p is not None for p in samples["pred_crf"]) else None
+    viz.save_overlay_figure(path, samples["images"], samples["pred"], predictions_crf=crf,
+                            ground_truth=samples["gt"], image_ids=samples["ids"],
+                            class_names=class_names,
+                            title=f"{net} net on val: without / with the CRF")
+    return True
+
+
+def bg_threshold_figure(path, curve: dict) -> None:
+    """Quality of the low-CAM background rule over its threshold t on train: cue precision,
+    recall, IoU and the CAM segmentation mIoU; the configured t marked."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    ts = curve["thresholds"]
+    for key, label in (("precision", "cue precision"), ("recall", "cue recall"),
+                       ("iou", "cue IoU"), ("cam_miou", "CAM segmentation mIoU")):
+        if key in curve:
+            ax.plot(ts, [100 * v for v in curve[key]], marker="o", ms=3, label=label)
+    if curve.get("configured") is not None:
+        ax.axvline(curve["configured"], color="grey", ls="--", lw=1,
+                   label=f"configured t={curve['configured']}")
+    ax.set_xlabel("t (background where the strongest present CAM < t)")
+    ax.set_ylabel("% (train split)")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title("CAM cues: background threshold", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_all(workdir, results: dict, *, class_names: Sequence[str],
+              overlays: dict | None = None) -> list[str]:
+    """All figures of a finished run into workdir/figures; returns their paths.
+
+    overlays: {net: samples} from `stages.evaluate_model`; the last net's are drawn.
+    """
     workdir = pathlib.Path(workdir)
     out = workdir / "figures"
     out.mkdir(parents=True, exist_ok=True)
@@ -94,4 +172,13 @@ def write_all(workdir, results: dict, *, class_names: Sequence[str]) -> list[str
         written.append(str(out / "supervision.png"))
     if growth_figure(out / "growth.png", workdir / "dsrg" / "growth", len(class_names)):
         written.append(str(out / "growth.png"))
+    if class_iou_figure(out / "class_iou.png", results.get("eval", {}), class_names):
+        written.append(str(out / "class_iou.png"))
+    if overlays:
+        net = list(overlays)[-1]
+        if overlay_figure(out / "overlays.png", overlays[net], class_names, net):
+            written.append(str(out / "overlays.png"))
+    if results.get("bg_threshold_curve"):
+        bg_threshold_figure(out / "cam_bg_threshold.png", results["bg_threshold_curve"])
+        written.append(str(out / "cam_bg_threshold.png"))
     return written

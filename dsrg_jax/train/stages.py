@@ -39,7 +39,7 @@ from dsrg_jax.train.loop import train_loop
 from dsrg_jax.train.optim import caffe_sgd, lr_schedule
 from dsrg_jax.weights import get_input_convention
 
-STAGES = ("cues", "dsrg", "pseudo", "retrain", "eval")
+STAGES = ("pretrain", "cues", "dsrg", "pseudo", "retrain", "eval")
 
 
 @dataclasses.dataclass
@@ -85,9 +85,10 @@ def _sync(name: str) -> None:
 # ------------------------------------------------------------------------------------ models
 
 
-def build_model(cfg: Config, kind: str, seed: int):
+def build_model(cfg: Config, kind: str, seed: int, backbone: Any = None):
     """(model, variables, input convention) of the CAM classifier ("cam") or segmentation net
-    ("seg"); ImageNet weights from cfg.model.init_weights for the real models."""
+    ("seg"); ImageNet weights from cfg.model.init_weights for the real models, the pretrained
+    trunk `backbone` (params of the "backbone" subtree, see `run_pretrain`) for the small ones."""
     m = cfg.model
     num_fg = cfg.data.num_classes - 1
     rng = jax.random.key(seed)
@@ -104,6 +105,8 @@ def build_model(cfg: Config, kind: str, seed: int):
                                  convs_per_block=m.convs_per_block, dilations=m.small_dilations,
                                  dropout_rate=m.dropout_rate)
         variables = model.init(rng, jnp.zeros((1, 64, 64, 3)), train=False)
+        if backbone is not None:
+            variables = _with_backbone(variables, backbone)
         return model, variables, convention
     import warnings
 
@@ -116,6 +119,18 @@ def build_model(cfg: Config, kind: str, seed: int):
         variables, info = init_model(model, rng, weights=m.init_weights,
                                      input_convention=cfg.data.input_convention)
     return model, variables, info.input_convention
+
+
+def _with_backbone(variables, backbone):
+    """variables with params["backbone"] replaced by `backbone` (same tree and shapes)."""
+    params = dict(variables["params"])
+    want = jax.tree.map(lambda a: (a.shape, a.dtype), params["backbone"])
+    got = jax.tree.map(lambda a: (a.shape, a.dtype), backbone)
+    if want != got:
+        raise ValueError("pretrained backbone does not fit the model (different widths or "
+                         "layers): delete the workdir's pretrain/ folder and rerun")
+    params["backbone"] = jax.tree.map(jnp.asarray, backbone)
+    return {**variables, "params": params}
 
 
 def split_variables(variables) -> tuple[Any, Any]:
@@ -165,7 +180,7 @@ def load_stage_variables(exp: Experiment, stage: str, kind: str, seed_offset: in
     """The final variables of a finished training stage (from its last checkpoint)."""
     model, variables, convention = build_model(exp.cfg, kind, exp.cfg.run.seed + seed_offset)
     params, frozen = split_variables(variables)
-    optim = {"cues": exp.cfg.cues.optim, "dsrg": exp.cfg.dsrg.optim,
+    optim = {"pretrain": exp.cfg.pretrain.optim, "cues": exp.cfg.cues.optim, "dsrg": exp.cfg.dsrg.optim,
              "retrain": exp.cfg.retrain.optim}[stage]
     tx = caffe_sgd(params, optim)
     like = replicate(S.create_state(params, tx, frozen=frozen), exp.mesh)
@@ -188,97 +203,116 @@ def _iterate(exp: Experiment, source, transform, batch: int):
         pipe.close()
 
 
-def _softmax(x: np.ndarray) -> np.ndarray:
-    x = x - x.max(-1, keepdims=True)
-    e = np.exp(x)
-    return e / e.sum(-1, keepdims=True)
-
-
-def multiscale_probs(exp: Experiment, predict, variables, images: np.ndarray, hws: np.ndarray,
-                     *, mode: str, values) -> np.ndarray:
-    """Summed upsampled logits over scales, softmaxed, for host images.
+def multiscale_logits(predict, variables, gb: dict, *, mode: str, values,
+                      flip: bool = False) -> np.ndarray:
+    """This host's rows of the summed multi-scale logits of a global batch of padded canvases
+    (`dsrg_jax.inference.canvas_logits`; the batch stays sharded over the mesh).
 
     Args:
-      images: uint8[B, S, S, 3] padded canvases; hws: int[B, 2] real sizes.
+      predict: (variables, uint8/float RGB images) -> logits (`steps.make_predict`: it
+        normalises, so the library passes it RGB).
+      gb: global batch with "image" [B, S, S, 3] padded canvases and "hw" int[B, 2] real sizes.
       mode: "warp" (each real image warped to v x v, the pseudo-label stage) or "scale"
         (aspect kept, times v, the evaluation).
     Returns:
-      list of float32[h_i, w_i, C] probabilities (one per image, its real size).
+      float32[B', S, S, C] (B' >= this host's batch: rows padded for the devices), image i's
+      logits in [:h_i, :w_i].
     """
-    sums = [None] * len(images)
-    for v in values:
-        batch, crops = [], []
-        if mode == "warp":
-            side = int(v)
-            for img, (h, w) in zip(images, hws):
-                batch.append(cv2.resize(img[:h, :w], (side, side), interpolation=cv2.INTER_LINEAR))
-                crops.append((side, side))
-        else:
-            side = int(math.ceil(images.shape[1] * v))
-            for img, (h, w) in zip(images, hws):
-                hs, ws = max(1, round(h * v)), max(1, round(w * v))
-                r = cv2.resize(img[:h, :w], (ws, hs), interpolation=cv2.INTER_LINEAR)
-                canvas = np.empty((side, side, 3), np.uint8)
-                canvas[:] = np.asarray((123, 117, 104), np.uint8)
-                canvas[:hs, :ws] = r
-                batch.append(canvas)
-                crops.append((hs, ws))
-        logits = to_host(predict(variables, global_batch({"image": np.stack(batch)},
-                                                         exp.mesh)["image"]))
-        for i, ((h, w), (hs, ws)) in enumerate(zip(hws, crops)):
-            gh, gw = logits.shape[1:3]
-            rows, cols = max(1, math.ceil(gh * hs / side)), max(1, math.ceil(gw * ws / side))
-            up = cv2.resize(np.ascontiguousarray(logits[i, :rows, :cols]), (int(w), int(h)),
-                            interpolation=cv2.INTER_LINEAR)
-            if up.ndim == 2:
-                up = up[..., None]
-            sums[i] = up if sums[i] is None else sums[i] + up
-    return [_softmax(s).astype(np.float32) for s in sums]
+    from dsrg_jax import inference
+
+    kw = dict(sizes=tuple(values)) if mode == "warp" else dict(scales=tuple(values))
+    return to_host(inference.canvas_logits(predict, gb["image"], gb["hw"], variables=variables,
+                                           flip=flip, normalize=None, **kw))
 
 
-def predict_labels(exp: Experiment, predict, variables, hb: dict, *, mode: str, values,
-                   crf: bool, restrict: bool = False) -> list[np.ndarray]:
-    """uint8[h, w] label maps of a host batch (padded canvases, "hw", "labels")."""
-    from dsrg_jax.ops.crf import TEST_CRF, dense_crf_host
+def predict_batch(predict, variables, hb: dict, gb: dict, *, mode: str, values, crf: bool,
+                  restrict: bool = False, flip: bool = False) -> list:
+    """`dsrg_jax.inference.Segmentation` of each image of a host batch (padded canvases, "hw",
+    "labels"), cropped to its real size: multi-scale logits, softmax, the full-size CRF
+    (pydensecrf on every core) if `crf`, argmax (over the labelled classes if `restrict`)."""
+    from dsrg_jax import inference
 
-    probs = multiscale_probs(exp, predict, variables, hb["image"], hb["hw"], mode=mode,
-                             values=values)
-    out = []
-    for i, p in enumerate(probs):
-        h, w = p.shape[:2]
-        if crf:
-            p = dense_crf_host(hb["image"][i, :h, :w], p, **TEST_CRF)
-        if restrict:
-            p = np.where(hb["labels"][i][None, None, :], p, -1.0)
-        out.append(np.argmax(p, axis=-1).astype(np.uint8))
+    logits = multiscale_logits(predict, variables, gb, mode=mode, values=values, flip=flip)
+    n = len(hb["image"])
+    hws = [tuple(int(v) for v in hb["hw"][i]) for i in range(n)]
+    out: list = [None] * n
+    for group in inference.group_by_size(hws, n):  # equal sizes go to the CRF pool together
+        h, w = hws[group[0]]
+        seg = inference.finish(logits[group, :h, :w], hb["image"][group, :h, :w],
+                               image_labels=hb["labels"][group] if restrict else None, crf=crf)
+        for k, i in enumerate(group):
+            out[i] = inference.Segmentation(**{
+                f.name: None if getattr(seg, f.name) is None else getattr(seg, f.name)[k]
+                for f in dataclasses.fields(seg)})
     return out
+
+
+def predict_labels(predict, variables, hb: dict, gb: dict, *, mode: str, values, crf: bool,
+                   restrict: bool = False, flip: bool = False) -> list[np.ndarray]:
+    """uint8[h, w] final label maps of a host batch (see `predict_batch`)."""
+    return [seg.final for seg in predict_batch(predict, variables, hb, gb, mode=mode,
+                                               values=values, crf=crf, restrict=restrict,
+                                               flip=flip)]
 
 
 def _canvas(exp: Experiment) -> int:
     return exp.cfg.eval.canvas or exp.cfg.data.image_size
 
 
-def evaluate_model(exp: Experiment, predict, variables, *, crf: bool, tag: str) -> dict:
-    """mIoU, pixel accuracy and per-class IoU of a segmentation net on the val split."""
+def evaluate_model(exp: Experiment, predict, variables, *, crf: bool, tag: str,
+                   out_dir: pathlib.Path | None = None, samples: dict | None = None) -> dict:
+    """mIoU, pixel accuracy and per-class IoU of a segmentation net on the val split.
+
+    With `out_dir`: each prediction written as `out_dir/predictions/<id>.png` (VOC palette; each
+    process writes the images it predicted) and the score table (`dsrg_jax.evaluate`'s format)
+    as `out_dir/scores.txt` (process 0). With `samples` (a dict): the first
+    `run.num_figure_images` val images of this process go there as {"ids", "images", "gt",
+    "pred", "pred_crf"} for the overlay figure.
+    """
+    from dsrg_jax.data.files import write_label_png
+    from dsrg_jax.evaluate import scores_from_confusion
+
     cfg = exp.cfg
     source = D.make_source(cfg, "val", with_saliency=False)
     conf = np.zeros((cfg.data.num_classes,) * 2, np.int64)
-    for hb, _ in _iterate(exp, source, D.infer_transform(_canvas(exp), with_mask=True),
-                          cfg.eval.batch_size):
-        preds = predict_labels(exp, predict, variables, hb, mode="scale",
-                               values=cfg.eval.scales, crf=crf)
-        for i, pred in enumerate(preds):
+    count = 0
+    keep = cfg.run.num_figure_images if samples is not None else 0
+    if samples is not None:
+        samples.update(ids=[], images=[], gt=[], pred=[], pred_crf=[])
+    for hb, gb in _iterate(exp, source, D.infer_transform(_canvas(exp), with_mask=True),
+                           cfg.eval.batch_size):
+        segs = predict_batch(predict, variables, hb, gb, mode="scale", values=cfg.eval.scales,
+                             crf=crf, flip=cfg.eval.flip)
+        for i, seg in enumerate(segs):
             if not hb["valid"][i]:
                 continue
+            pred = seg.final
             h, w = pred.shape
-            conf += np.asarray(confusion_matrix(pred, hb["mask"][i, :h, :w],
-                                                cfg.data.num_classes), np.int64)
+            gt = hb["mask"][i, :h, :w]
+            conf += np.asarray(confusion_matrix(pred, gt, cfg.data.num_classes), np.int64)
+            count += 1
+            image_id = source.ids[int(hb["index"][i])]
+            if out_dir is not None:
+                write_label_png(out_dir / "predictions" / f"{image_id}.png", pred)
+            if keep and int(hb["index"][i]) < keep:
+                samples["ids"].append(image_id)
+                samples["images"].append(hb["image"][i, :h, :w])
+                samples["gt"].append(gt)
+                samples["pred"].append(seg.labels)
+                samples["pred_crf"].append(seg.labels_crf)
     conf = _allsum(conf)
+    count = int(_allsum(np.array(count)))
     iou = iou_per_class(conf)
     res = {"miou": mean_iou(conf), "pixel_accuracy": float(np.trace(conf) / max(conf.sum(), 1)),
            "iou_per_class": [None if np.isnan(v) else float(v) for v in iou], "crf": crf}
+    if out_dir is not None:
+        scores = scores_from_confusion(conf, _class_names(cfg), num_images=count)
+        if is_writer():
+            out_dir.mkdir(parents=True, exist_ok=True)
+            (out_dir / "scores.txt").write_text(scores.table() + "\n")
+        res["predictions"] = str(out_dir / "predictions")
     log(f"[eval] {tag}: mIoU {100 * res['miou']:.2f}  pixel acc {100 * res['pixel_accuracy']:.2f}"
-        f" (val, scales {list(cfg.eval.scales)}, crf {crf})")
+        f" (val, scales {list(cfg.eval.scales)}, flip {cfg.eval.flip}, crf {crf})")
     return res
 
 
@@ -312,6 +346,72 @@ def _cams_of_batch(cam_predict, variables, batch, labels_fg):
     return class_activation_maps(features, weights, labels_fg)
 
 
+# -------------------------------------------------------------------------------- pretrain
+
+
+def _backbone_file(exp: Experiment) -> pathlib.Path:
+    return exp.path("pretrain", "backbone.msgpack")
+
+
+def pretrained_backbone(exp: Experiment):
+    """The pretrained trunk's params (host numpy tree), or None when pretraining is off."""
+    if not exp.cfg.pretrain.enabled:
+        return None
+    from flax import serialization
+
+    path = _backbone_file(exp)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run the pretrain stage first "
+                                "(--stage pretrain, or --stage all)")
+    return serialization.msgpack_restore(path.read_bytes())
+
+
+def run_pretrain(exp: Experiment) -> dict:
+    """Stage `pretrain` (digits only; the stand-in for ImageNet weights): the small CAM
+    classifier learns a 10-way task on single-digit images (`GlyphSource`); its trunk is saved
+    to pretrain/backbone.msgpack and initialises every later net. Skipped when disabled."""
+    cfg, p = exp.cfg, exp.cfg.pretrain
+    if not p.enabled:
+        return {}
+    if (info := exp.done("pretrain")) is not None:
+        log(f"[pretrain] done already ({_backbone_file(exp)}); skipping")
+        return info
+    if cfg.model.classifier != "small" or cfg.data.dataset != "digits":
+        raise ValueError("pretrain.enabled needs data.dataset='digits' and model.classifier="
+                         "'small'; real datasets start from model.init_weights (ImageNet)")
+    from flax import serialization
+
+    from dsrg_jax.data.digits import GlyphSource
+
+    t0 = time.perf_counter()
+    model, variables, conv = build_model(cfg, "cam", cfg.run.seed + 3)
+    canvas = cfg.data.image_size
+    train = GlyphSource("train", num_images=p.num_images, size=p.image_size, canvas=canvas)
+    variables, last = _train_stage(
+        exp, "pretrain", model=model, variables=variables, optim=p.optim,
+        make_step=lambda tx: S.make_cam_train_step(model, tx, conv, exp.mesh, single_label=True),
+        source=train, transform=D.cls_transform(p.image_size, flip=False), seed_offset=3)
+    predict = S.make_predict(model, conv)
+    val = GlyphSource("val", num_images=1000, size=p.image_size, canvas=canvas)
+    counts = np.zeros(2, np.int64)
+    for hb, gb in _iterate(exp, val, D.cls_transform(p.image_size, flip=False),
+                           cfg.eval.batch_size):
+        logits = to_host(predict(variables, gb["image"])[0])
+        n = int(hb["valid"].sum())
+        counts += np.array([(logits[:n].argmax(-1) == hb["labels"][:n, 1:].argmax(-1)).sum(), n])
+    correct, total = (int(v) for v in _allsum(counts))
+    if is_writer():
+        path = _backbone_file(exp)
+        path.write_bytes(serialization.msgpack_serialize(
+            jax.device_get(variables["params"]["backbone"])))
+    info = {"val_accuracy": correct / max(total, 1), "num_val": total, "classifier": last,
+            "seconds": round(time.perf_counter() - t0, 1)}
+    log(f"[pretrain] single-digit val accuracy {100 * info['val_accuracy']:.1f}% "
+        f"({total} images); trunk saved to {_backbone_file(exp)}")
+    exp.mark_done("pretrain", info)
+    return info
+
+
 def run_cues(exp: Experiment) -> dict:
     """Stage `cues` (DESIGN.md 2.1). Output: cues.npz + cues/done.json."""
     cfg = exp.cfg
@@ -332,7 +432,7 @@ def run_cues(exp: Experiment) -> dict:
         exp.mark_done("cues", info)
         return info
 
-    model, variables, conv = build_model(cfg, "cam", cfg.run.seed)
+    model, variables, conv = build_model(cfg, "cam", cfg.run.seed, pretrained_backbone(exp))
     size = cfg.data.input_size
     train_src = D.make_source(cfg, "train")
     variables, last = _train_stage(
@@ -388,6 +488,7 @@ def run_cues(exp: Experiment) -> dict:
             "grid": list(grid), "classifier": last}
     if counts.sum():
         info["train_quality"] = cue_quality(_allsum(counts))
+    info.update(cam_bg_threshold_curve(exp, cam_predict, variables, train_src, grid))
     info["val_cam"] = _cam_val_miou(exp, cam_predict, variables)
     info["seconds"] = round(time.perf_counter() - t0, 1)
     log(f"[cues] {len(ids)} images, background from {info['background']}; train cue quality "
@@ -435,6 +536,72 @@ def _cam_val_miou(exp: Experiment, cam_predict, variables) -> dict:
                                np.int64)
     conf = _allsum(conf)
     return {"miou": mean_iou(conf), "pixel_accuracy": float(np.trace(conf) / max(conf.sum(), 1))}
+
+
+BG_THRESHOLDS = tuple(round(0.05 * k, 2) for k in range(1, 11))  # 0.05 .. 0.5
+
+
+def cam_bg_threshold_curve(exp: Experiment, cam_predict, variables, source, grid,
+                           thresholds=BG_THRESHOLDS) -> dict:
+    """The low-CAM background rule (background where the strongest present CAM < t; config
+    `cues.bg_cam_threshold`) over a range of t, in one pass over the train CAMs.
+
+    Per t: precision / recall / IoU / mIoU of the seed cues against the ground truth on the cue
+    grid (as `info["train_quality"]`, which is the curve at the configured t), and the mIoU of the
+    CAM segmentation at the input size (present class with the largest CAM, background where none
+    exceeds t; as `_cam_val_miou` on val). Returns {"bg_threshold_curve": {...}}, or {} when the
+    train split has no masks or the background comes from saliency.
+    """
+    cfg, c = exp.cfg, exp.cfg.cues
+    if cfg.data.saliency_dir is not None or not _has_masks(source):
+        return {}
+    from dsrg_jax.data import transforms as T
+    from dsrg_jax.ops.metrics import cue_counts
+
+    ts = sorted(set(float(t) for t in thresholds) | {float(c.bg_cam_threshold)})
+    num_classes, size = cfg.data.num_classes, cfg.data.input_size
+
+    @jax.jit
+    def counts(cams, labels_fg, mask, grid_mask, valid):
+        # Rows padded for the devices (or past the split's end) count nothing.
+        mask = jnp.where(valid[:, None, None], mask, 255)
+        grid_mask = jnp.where(valid[:, None, None], grid_mask, 255)
+        up = jax.image.resize(cams, (cams.shape[0], size, size, cams.shape[-1]), "bilinear",
+                              antialias=False)
+        up = jnp.where(labels_fg[:, None, None, :], up, -1.0)
+        strongest, best = jnp.max(up, -1), jnp.argmax(up, -1) + 1
+
+        def one(t):
+            cues = seed_cues_from_cams(cams, labels_fg, None, fg_rule=c.fg_rule,
+                                       fg_threshold=c.fg_threshold,
+                                       fg_top_fraction=c.fg_top_fraction, bg_cam_threshold=t)
+            pred = jnp.where(strongest > t, best, 0)
+            return cue_counts(cues, grid_mask), confusion_matrix(pred, mask, num_classes)
+
+        return jax.vmap(one)(jnp.asarray(ts, jnp.float32))
+
+    tf = T.dsrg_transform(size, cue_size=None, fields=("image", "labels", "mask"), flip=False)
+    cue_n = np.zeros((len(ts), num_classes, 3), np.int64)
+    conf = np.zeros((len(ts), num_classes, num_classes), np.int64)
+    for hb, gb in _iterate(exp, source, tf, cfg.eval.batch_size):
+        masks = global_batch({"mask": hb["mask"], "valid": hb["valid"],
+                              "grid": np.stack([D.grid_nearest(m, grid) for m in hb["mask"]])},
+                             exp.mesh)
+        cams = _cams_of_batch(cam_predict, variables, gb["image"], gb["labels"][:, 1:])
+        cc, cm = counts(cams, gb["labels"][:, 1:], masks["mask"], masks["grid"], masks["valid"])
+        cue_n += np.asarray(cc, np.int64)
+        conf += np.asarray(cm, np.int64)
+    cue_n, conf = _allsum(cue_n), _allsum(conf)
+    curve: dict[str, Any] = {"thresholds": ts, "configured": float(c.bg_cam_threshold)}
+    for k in range(len(ts)):
+        for key, v in cue_quality(cue_n[k]).items():
+            curve.setdefault(key, []).append(v)
+        curve.setdefault("cam_miou", []).append(mean_iou(conf[k]))
+    best = int(np.nanargmax(curve["cam_miou"]))
+    log(f"[cues] low-CAM background threshold on train: CAM segmentation mIoU "
+        f"{100 * curve['cam_miou'][best]:.2f} at t={ts[best]} (configured t={c.bg_cam_threshold}: "
+        f"{100 * curve['cam_miou'][ts.index(float(c.bg_cam_threshold))]:.2f})")
+    return {"bg_threshold_curve": curve}
 
 
 # ---------------------------------------------------------------------------------- stage: dsrg
@@ -499,7 +666,7 @@ def run_dsrg(exp: Experiment) -> dict:
         return info
     t0 = time.perf_counter()
     cueset = load_cues(exp.path("cues.npz"))
-    model, variables, conv = build_model(cfg, "seg", cfg.run.seed + 1)
+    model, variables, conv = build_model(cfg, "seg", cfg.run.seed + 1, pretrained_backbone(exp))
     size = cfg.data.input_size
     grid = output_grid(model, variables, size)
     if tuple(cueset.grid_size) != grid:
@@ -620,9 +787,9 @@ def run_pseudo(exp: Experiment) -> dict:
     with_mask = _has_masks(source)
     conf = np.zeros((cfg.data.num_classes,) * 2, np.int64)
     count = 0
-    for hb, _ in _iterate(exp, source, D.infer_transform(_canvas(exp), with_mask=with_mask),
-                          cfg.pseudo.batch_size):
-        preds = predict_labels(exp, predict, variables, hb, mode="warp", values=cfg.pseudo.sizes,
+    for hb, gb in _iterate(exp, source, D.infer_transform(_canvas(exp), with_mask=with_mask),
+                           cfg.pseudo.batch_size):
+        preds = predict_labels(predict, variables, hb, gb, mode="warp", values=cfg.pseudo.sizes,
                                crf=cfg.pseudo.crf, restrict=cfg.pseudo.restrict_to_labels)
         for i, pred in enumerate(preds):
             if not hb["valid"][i]:
@@ -654,7 +821,7 @@ def run_retrain(exp: Experiment) -> dict:
         log("[retrain] done already; skipping")
         return info
     t0 = time.perf_counter()
-    model, variables, conv = build_model(cfg, "seg", cfg.run.seed + 2)
+    model, variables, conv = build_model(cfg, "seg", cfg.run.seed + 2, pretrained_backbone(exp))
     grid = output_grid(model, variables, cfg.data.crop_size)
     base = D.make_source(cfg, "train", with_saliency=False)
     source = D.PseudoLabelSource(base, exp.path("pseudo_labels"), cfg.data.num_classes)
@@ -683,14 +850,19 @@ def run_eval(exp: Experiment) -> dict:
         results["miou"]["cues"] = cues["val_cam"]["miou"]
     if "train_quality" in cues:
         results["cue_quality_train"] = cues["train_quality"]
+    if "bg_threshold_curve" in cues:
+        results["bg_threshold_curve"] = cues["bg_threshold_curve"]
+    overlays: dict[str, dict] = {}
     for stage, offset in (("dsrg", 1), ("retrain", 2)):
         if exp.done(stage) is None:
             continue
         model, variables, conv = load_stage_variables(exp, stage, "seg", offset)
+        samples: dict = {}
         res = evaluate_model(exp, S.make_predict(model, conv), variables, crf=cfg.eval.crf,
-                             tag=stage)
+                             tag=stage, out_dir=exp.path("eval", stage), samples=samples)
         results["miou"][stage] = res["miou"]
         results["eval"][stage] = res
+        overlays[stage] = samples
     dsrg = exp.done("dsrg") or {}
     results["supervision"] = dsrg.get("supervision", [])
     pseudo = exp.done("pseudo") or {}
@@ -700,7 +872,8 @@ def run_eval(exp: Experiment) -> dict:
     results["seconds"]["eval"] = round(time.perf_counter() - t0, 1)
     if is_writer():
         (exp.workdir / "results.json").write_text(json.dumps(results, indent=2))
-        figures.write_all(exp.workdir, results, class_names=_class_names(cfg))
+        figures.write_all(exp.workdir, results, class_names=_class_names(cfg),
+                          overlays=overlays)
     exp.mark_done("eval", {"results": str(exp.workdir / "results.json")})
     return results
 
@@ -719,7 +892,7 @@ def _class_names(cfg: Config):
     return VOC_CLASSES
 
 
-RUNNERS = {"cues": run_cues, "dsrg": run_dsrg, "pseudo": run_pseudo, "retrain": run_retrain,
+RUNNERS = {"pretrain": run_pretrain, "cues": run_cues, "dsrg": run_dsrg, "pseudo": run_pseudo, "retrain": run_retrain,
            "eval": run_eval}
 
 

@@ -92,20 +92,27 @@ def _jit_step(fn: Callable, mesh) -> Callable:
 # ------------------------------------------------------------------------------------ cues
 
 
-def make_cam_train_step(model: nn.Module, tx, convention: InputConvention, mesh) -> Callable:
-    """(state, batch) -> (state, aux): one multi-label classification step of the CAM net.
+def make_cam_train_step(model: nn.Module, tx, convention: InputConvention, mesh, *,
+                        single_label: bool = False) -> Callable:
+    """(state, batch) -> (state, aux): one classification step of the CAM net.
 
     batch: image, labels (bool[B, C] incl. background; the net sees channels 1..), valid.
-    aux["metrics"]: loss, lr-free scalars.
+    Multi-label (DESIGN 2.1): mean sigmoid cross-entropy over the classes. single_label
+    (pretraining on one-digit images, exactly one label per image): softmax cross-entropy.
+    aux["metrics"]: loss, exact_match (the predicted label set / class is the true one).
     """
 
     def loss_fn(params, state, batch):
         x = convention.normalize(batch["image"].astype(jnp.float32))
         logits, _ = model.apply(_variables(params, state["frozen"]), x, train=True)
         labels = batch["labels"][:, 1:].astype(jnp.float32)
-        per_image = jnp.mean(optax.sigmoid_binary_cross_entropy(logits, labels), axis=-1)
+        if single_label:
+            per_image = optax.softmax_cross_entropy(logits, labels)
+            correct = (jnp.argmax(logits, -1) == jnp.argmax(labels, -1)).astype(jnp.float32)
+        else:
+            per_image = jnp.mean(optax.sigmoid_binary_cross_entropy(logits, labels), axis=-1)
+            correct = jnp.all((logits > 0) == (labels > 0.5), axis=-1).astype(jnp.float32)
         loss = weighted_mean(per_image, batch["valid"])
-        correct = jnp.all((logits > 0) == (labels > 0.5), axis=-1).astype(jnp.float32)
         return loss, {"loss": loss, "exact_match": weighted_mean(correct, batch["valid"])}
 
     def step(state, batch):

@@ -13,8 +13,8 @@ What differs from VOC and why (everything else is the DESIGN default):
   - multi-scale sizes scaled to the canvas (42/56/70 for 241/321/401; 0.75/1/1.25 at eval).
 """
 from dsrg_jax.train.config import (Config, CueConfig, DataConfig, DSRGConfig, EvalConfig,
-                                   ModelConfig, OptimConfig, PseudoConfig, RetrainConfig,
-                                   RunConfig)
+                                   ModelConfig, OptimConfig, PretrainConfig, PseudoConfig,
+                                   RetrainConfig, RunConfig)
 
 SIZE = 56
 
@@ -22,7 +22,8 @@ SIZE = 56
 def get_config(quick: bool = False) -> Config:
     """The full digits run, or its `--quick` reduction (fewer images and steps)."""
     n_train, n_val = (400, 100) if quick else (3000, 500)
-    steps = (60, 60, 60) if quick else (1200, 400, 400)   # cues, dsrg, retrain
+    pre_steps = 60 if quick else 800
+    steps = (60, 60, 60) if quick else (400, 400, 400)   # cues, dsrg, retrain
     batch = 16 if quick else 32
     return Config(
         name="digits-quick" if quick else "digits",
@@ -31,6 +32,13 @@ def get_config(quick: bool = False) -> Config:
                         num_val=n_val, input_convention="torchvision", num_workers=2),
         model=ModelConfig(segmentation="small", classifier="small", widths=(32, 64, 128),
                           head_width=128, convs_per_block=2, small_dilations=(1, 2, 3, 4)),
+        # The digits' ImageNet: a 10-way classifier on single-digit crops; its trunk starts
+        # every later net.
+        pretrain=PretrainConfig(enabled=True, image_size=32, num_images=2000 if quick else 6000,
+                                optim=OptimConfig(optimizer="adam", base_lr=1e-3,
+                                                  schedule="constant", batch_size=64,
+                                                  max_steps=pre_steps, classifier_lr_mult=1.0,
+                                                  classifier_bias_lr_mult=1.0)),
         # The classifier learns from scratch: Adam, no extra lr on its (equally new) last layer.
         cues=CueConfig(optim=OptimConfig(optimizer="adam", base_lr=1e-3, schedule="step",
                                          step_size=max(1, steps[0] * 5 // 6), gamma=0.33,
