@@ -49,6 +49,7 @@ def run_and_report(cfg, workdir, stages, num_devices=None) -> dict:
     """Prints the resolved config, runs the stages; signals, NaN and missing data -> one line
     and an exit status (128 + signal after a save; 1 for errors)."""
     from dsrg_jax.data.records import DatasetError
+    from dsrg_jax.train.config import ConfigError
     from dsrg_jax.train.logging import log
     from dsrg_jax.train.loop import Preempted, TrainingDiverged
     from dsrg_jax.train.stages import run
@@ -60,7 +61,7 @@ def run_and_report(cfg, workdir, stages, num_devices=None) -> dict:
     except Preempted as e:
         print(str(e), file=sys.stderr, flush=True)
         sys.exit(128 + e.signum)
-    except (TrainingDiverged, DatasetError, FileNotFoundError) as e:
+    except (TrainingDiverged, DatasetError, ConfigError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(1)
     log(f"total wall time {time.perf_counter() - t0:.1f} s")
@@ -97,14 +98,39 @@ def dataset_parser(prog: str, description: str, data_help: str) -> argparse.Argu
     p.add_argument("--init-weights", default=None,
                    help="ImageNet weights (.pth or .safetensors; torchvision vgg16-397923af.pth "
                         "or resnet101-63fe2227.pth); without it the nets train from scratch")
+    p.add_argument("--cam-init-weights", default=None, metavar="PATH",
+                   help="ImageNet VGG16 weights for the cues stage's CAM classifier (default: "
+                        "--init-weights with --backbone vgg16); needed with --backbone "
+                        "resnet101 and --init-weights unless --cues is given")
     p.add_argument("--cues", default=None,
                    help="official cue file (SEC/DSRG localization_cues.pickle[.gz]) or a "
                         "dsrg_jax cues .npz; skips the CAM classifier (the published setup)")
     p.add_argument("--saliency-dir", default=None,
                    help="folder of greyscale saliency PNGs named <image id>.png for the "
                         "background cues (without it: low-CAM background)")
+    p.add_argument("--eval-batch-size", type=int, default=None, metavar="N",
+                   help="global batch of the pseudo-label and eval stages (default 10), rounded "
+                        "up to a multiple of the device count")
     add_run_flags(p)
     return p
+
+
+def check_data(cfg) -> None:
+    """The fast up-front check: the train and val id lists load and every image (and mask,
+    and saliency map) they name exists; one line naming the missing files, else silence.
+    The full check that decodes every file: `python -m dsrg_jax.data.check`."""
+    from dsrg_jax.data.check import check_files
+    from dsrg_jax.data.records import DatasetError
+    from dsrg_jax.train import data as D
+    from dsrg_jax.train.logging import log
+
+    try:
+        for split in ("train", "val"):
+            src = D.make_source(cfg, split, with_saliency=split == "train")
+            n = check_files(src, name=f"{cfg.data.dataset} {split}", max_listed=5)
+            log(f"data check: {cfg.data.dataset} {split}: {n} images, all files present")
+    except DatasetError as e:
+        sys.exit(f"error: {' / '.join(str(e).splitlines())}")
 
 
 def dataset_main(args, get_config, data_hint: str) -> dict:
@@ -119,12 +145,27 @@ def dataset_main(args, get_config, data_hint: str) -> dict:
         sys.exit(f"error: weights file {args.init_weights} not found: download torchvision's "
                  f"ImageNet weights (https://download.pytorch.org/models/vgg16-397923af.pth or "
                  f"resnet101-63fe2227.pth) and pass their path to --init-weights")
+    if args.cam_init_weights is not None and not pathlib.Path(args.cam_init_weights).is_file():
+        sys.exit(f"error: weights file {args.cam_init_weights} not found: download torchvision's "
+                 f"ImageNet VGG16 weights (https://download.pytorch.org/models/vgg16-397923af.pth)"
+                 f" and pass their path to --cam-init-weights")
+    if (args.backbone == "resnet101" and args.cues is None and args.init_weights is not None
+            and args.cam_init_weights is None and args.stage in ("cues", "all")):
+        sys.exit("error: --backbone resnet101 without --cues trains the VGG16 CAM classifier, "
+                 "which cannot use the ResNet-101 --init-weights: pass ImageNet VGG16 weights "
+                 "(vgg16-397923af.pth) with --cam-init-weights, or official cues with --cues")
+    if args.eval_batch_size is not None and args.eval_batch_size <= 0:
+        sys.exit(f"error: --eval-batch-size must be positive, got {args.eval_batch_size}")
     if args.tpu:
         init_tpu()
     changes = {"data.data_dir": args.data_dir, "model.init_weights": args.init_weights,
+               "model.classifier_init_weights": args.cam_init_weights,
                "data.saliency_dir": args.saliency_dir, "data.cues_file": args.cues,
                "model.segmentation": f"deeplab_{args.backbone}"}
     if args.backbone == "resnet101":
         changes["data.input_convention"] = "torchvision"
+    if args.eval_batch_size is not None:
+        changes["pseudo.batch_size"] = changes["eval.batch_size"] = args.eval_batch_size
     cfg = apply_run_flags(override(get_config(), **changes), args)
+    check_data(cfg)
     return run_and_report(cfg, args.workdir, stages_of(args), args.num_devices)

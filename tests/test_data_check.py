@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from dsrg_jax.data import fake
-from dsrg_jax.data.check import check_dataset
+from dsrg_jax.data.check import check_dataset, check_files, main as check_main
 from dsrg_jax.data.files import write_id_list
 from dsrg_jax.data.records import DatasetError
 from dsrg_jax.data.voc import VOCSource, derive_cls_labels, save_cls_labels
@@ -96,3 +96,32 @@ def test_skip_flag_skips_and_counts_every_bad_item(root, caplog):
     assert [good[k].image_id for k in range(len(good))] == good.ids
     assert "skipped 2 of 4 items" in caplog.text
     assert "2008_000003.jpg" in caplog.text and "2007_000002.png" in caplog.text
+
+
+def test_error_message_names_no_cli_flag_that_does_not_exist(root):
+    fake.corrupt_jpeg(root / "JPEGImages" / "2008_000003.jpg")
+    msg = _check_fails(VOCSource(root, "train"), "skip_bad=True")
+    assert "--skip-bad-data" not in msg
+
+
+def test_fast_file_check_names_missing_files_without_decoding(root):
+    fake.corrupt_jpeg(root / "JPEGImages" / "2008_000003.jpg")  # not decoded: passes
+    assert check_files(VOCSource(root, "train")) == 4
+    (root / "JPEGImages" / "2007_000002.jpg").unlink()
+    (root / "SegmentationClass" / "2009_000004.png").unlink()
+    with pytest.raises(DatasetError) as err:
+        check_files(VOCSource(root, "train"), name="voc train")
+    msg = str(err.value)
+    assert "2 files of 2 of the 4 images are missing" in msg and "\n" not in msg
+    assert str(root / "JPEGImages" / "2007_000002.jpg") in msg
+    assert str(root / "SegmentationClass" / "2009_000004.png") in msg
+
+
+def test_full_check_cli(root, capsys):
+    check_main(["--data-dir", str(root), "--splits", "train", "val"])
+    out = capsys.readouterr().out
+    assert "train: 4 items, all fine" in out and "val: 2 items, all fine" in out
+    fake.corrupt_jpeg(root / "JPEGImages" / "2008_000003.jpg")
+    with pytest.raises(SystemExit) as e:
+        check_main(["--data-dir", str(root), "--splits", "train"])
+    assert "2008_000003.jpg" in str(e.value.code)

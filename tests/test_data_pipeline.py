@@ -128,3 +128,25 @@ def test_digits_flow_through_the_dsrg_transform():
         present[np.unique(m)] = True
         present[0] = True
         np.testing.assert_array_equal(present, lab)
+
+
+def test_inference_batch_rounded_for_four_hosts_covers_every_image_once_padding_invalid():
+    """An eval/pseudo batch of 10 on 4 hosts x 1 device: rounded up to 12, each host gets 3
+    rows per batch, the padding rows are marked invalid, and the valid rows are every image
+    exactly once."""
+    from dsrg_jax.train.stages import inference_batch
+
+    batch = inference_batch(10, num_devices=4, process_count=4)
+    assert batch == 12
+    src = CountingSource(n=23)
+    seen = []
+    for host in range(4):
+        with _pipe(src, global_batch=batch, process_index=host, process_count=4, shuffle=False,
+                   num_epochs=1, drop_remainder=False) as pipe:
+            for b in pipe:
+                assert len(b["index"]) == 3
+                valid = b["valid"]
+                # valid rows come first within a host's share (the stages rely on it)
+                assert not np.any(valid[1:] & ~valid[:-1])
+                seen += b["index"][valid].tolist()
+    assert sorted(seen) == list(range(23))

@@ -1,14 +1,19 @@
 """The CLIs explain every flag and fail with one clear line when data or weights are missing."""
 import pytest
 
+from dsrg_jax.data import fake
+from dsrg_jax.data.files import write_id_list
+
 from experiments import coco, digits, voc
 
 
 @pytest.mark.parametrize("module,flags", [
     (voc, ["--tpu", "--data-dir", "--workdir", "--backbone", "--stage", "--init-weights",
-           "--cues", "--saliency-dir", "--max-steps", "--batch-size", "--seed"]),
+           "--cam-init-weights", "--cues", "--saliency-dir", "--max-steps", "--batch-size",
+           "--eval-batch-size", "--seed"]),
     (coco, ["--tpu", "--data-dir", "--workdir", "--backbone", "--stage", "--init-weights",
-            "--cues", "--saliency-dir", "--max-steps", "--batch-size", "--seed"]),
+            "--cam-init-weights", "--cues", "--saliency-dir", "--max-steps", "--batch-size",
+            "--eval-batch-size", "--seed"]),
     (digits, ["--workdir", "--quick", "--ablation", "--stage", "--seed"]),
 ])
 def test_help_lists_every_flag(module, flags, capsys):
@@ -35,3 +40,64 @@ def test_missing_weights_file_says_what_to_download(tmp_path):
                   "--init-weights", str(tmp_path / "vgg16.pth")])
     msg = str(e.value.code)
     assert "vgg16-397923af.pth" in msg and "\n" not in msg
+
+
+TRAIN = ["2007_000001", "2007_000002", "2008_000003"]
+VAL = ["2007_000005", "2010_000006"]
+
+
+@pytest.fixture
+def voc_dir(tmp_path):
+    """A fake VOCdevkit with the train_aug list the voc experiment reads."""
+    fake.write_voc_tree(tmp_path / "data", TRAIN, VAL)
+    voc2012 = tmp_path / "data" / "VOCdevkit" / "VOC2012"
+    write_id_list(voc2012 / "ImageSets" / "SegmentationAug" / "train_aug.txt", TRAIN)
+    return tmp_path / "data" / "VOCdevkit"
+
+
+@pytest.fixture
+def captured(monkeypatch):
+    """Runs the CLI up to `run_and_report` and keeps the config it would run."""
+    from experiments import common
+
+    got = {}
+    monkeypatch.setattr(common, "run_and_report",
+                        lambda cfg, workdir, stages, num_devices=None: got.update(cfg=cfg))
+    return got
+
+
+def test_resnet101_without_cues_needs_vgg16_weights_for_the_classifier(voc_dir, tmp_path):
+    weights = tmp_path / "resnet101-63fe2227.pth"
+    weights.write_bytes(b"x")
+    with pytest.raises(SystemExit) as e:
+        voc.main(["--data-dir", str(voc_dir), "--workdir", str(tmp_path / "w"),
+                  "--backbone", "resnet101", "--init-weights", str(weights)])
+    msg = str(e.value.code)
+    assert "--cam-init-weights" in msg and "--cues" in msg and "\n" not in msg
+    assert not (tmp_path / "w").exists()  # stopped before anything ran
+
+
+def test_cam_weights_and_eval_batch_reach_the_config(voc_dir, tmp_path, captured):
+    res, vgg = tmp_path / "resnet101-63fe2227.pth", tmp_path / "vgg16-397923af.pth"
+    res.write_bytes(b"x")
+    vgg.write_bytes(b"x")
+    voc.main(["--data-dir", str(voc_dir), "--workdir", str(tmp_path / "w"), "--backbone",
+              "resnet101", "--init-weights", str(res), "--cam-init-weights", str(vgg),
+              "--eval-batch-size", "12"])
+    cfg = captured["cfg"]
+    assert cfg.model.classifier_init_weights == str(vgg) and cfg.model.init_weights == str(res)
+    assert cfg.pseudo.batch_size == 12 and cfg.eval.batch_size == 12
+    with pytest.raises(SystemExit) as e:
+        voc.main(["--data-dir", str(voc_dir), "--workdir", str(tmp_path / "w"),
+                  "--cam-init-weights", str(tmp_path / "nope.pth")])
+    assert "vgg16-397923af.pth" in str(e.value.code) and "not found" in str(e.value.code)
+
+
+def test_missing_image_is_named_at_start(voc_dir, tmp_path, captured):
+    missing = voc_dir / "VOC2012" / "JPEGImages" / "2008_000003.jpg"
+    missing.unlink()
+    with pytest.raises(SystemExit) as e:
+        voc.main(["--data-dir", str(voc_dir), "--workdir", str(tmp_path / "w")])
+    msg = str(e.value.code)
+    assert str(missing) in msg and "python -m dsrg_jax.data.check" in msg and "\n" not in msg
+    assert "cfg" not in captured  # nothing ran

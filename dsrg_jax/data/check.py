@@ -1,4 +1,5 @@
-"""The up-front dataset check: every item is read before training starts.
+"""Dataset checks: `check_files` (fast: every file an id list names exists; the experiments run
+it at start) and `check_dataset` (every item read and decoded; `python -m dsrg_jax.data.check`).
 
 A bad item (corrupt JPEG, missing mask, an id in a list with no file, mask values outside 0..C-1 /
 255, no labels for an id because the labels file is for another split, ...) stops the run with one
@@ -7,9 +8,12 @@ are left out instead, each logged, and counted in the returned report. Nothing i
 """
 from __future__ import annotations
 
+import argparse
 import concurrent.futures as cf
 import dataclasses
 import logging
+import pathlib
+import sys
 
 from dsrg_jax.data.records import DatasetError, Problem, Source, Subset
 
@@ -69,8 +73,9 @@ def check_dataset(
         raise DatasetError(
             f"{name}: {len(bad)} of {n} items are bad:\n{lines}"
             + (f"\n  ... and {more} more" if more > 0 else "")
-            + "\nFix them, or opt in to skipping them (skip_bad=True / --skip-bad-data); skipped "
-            "items are counted and logged."
+            + "\nFix them, or opt in to skipping them in Python (check_dataset(..., "
+            "skip_bad=True); the experiments' CLIs have no such flag); skipped items are "
+            "counted and logged."
         )
     for p in problems:
         log.warning("%s: skipping %s", name, p)
@@ -79,3 +84,82 @@ def check_dataset(
     log.warning("%s: skipped %d of %d items (see the warnings above)", name, len(bad), n)
     good = [i for i, r in enumerate(results) if not r]
     return Subset(source, good), report
+
+
+def item_files(source: Source, index: int) -> list[pathlib.Path]:
+    """The files item `index` of a VOC-style or COCO source needs: image, mask, saliency map."""
+    image_id = source.ids[index]
+    if hasattr(source, "mask_path"):  # VOCSource: paths by id
+        files = [source.image_path(image_id), source.mask_path(image_id)]
+    else:  # CocoSource: image path by index; masks come from the annotation file
+        files = [source.image_path(index)]
+    sal = getattr(source, "saliency", None)
+    if sal is not None:
+        files.append(sal.path(image_id))
+    return [pathlib.Path(f) for f in files if f is not None]
+
+
+def check_files(source: Source, *, name: str = "dataset", max_listed: int = 5,
+                num_workers: int = 8) -> int:
+    """The fast check: the id list is not empty and every file its items need exists (nothing
+    is decoded; `check_dataset` does that). Returns the number of items.
+
+    Raises:
+      DatasetError naming the number of missing files and the first `max_listed` of them.
+    """
+    n = len(source)
+    if n == 0:
+        raise DatasetError(f"{name}: the id list is empty")
+
+    def missing(i):
+        return [(source.ids[i], f) for f in item_files(source, i) if not f.is_file()]
+
+    with cf.ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool:
+        gone = [m for r in pool.map(missing, range(n)) for m in r]
+    if gone:
+        shown = ", ".join(str(f) for _, f in gone[:max_listed])
+        more = f" and {len(gone) - max_listed} more" if len(gone) > max_listed else ""
+        raise DatasetError(
+            f"{name}: {len(gone)} files of {len({i for i, _ in gone})} of the {n} images are "
+            f"missing: {shown}{more}; fix the data (or the id list); `python -m "
+            f"dsrg_jax.data.check` reads every file and lists every problem")
+    return n
+
+
+def main(argv=None) -> None:
+    """`python -m dsrg_jax.data.check --dataset voc --data-dir DIR`: the full check."""
+    p = argparse.ArgumentParser(
+        prog="python -m dsrg_jax.data.check",
+        description="Read and decode every image, mask and saliency map of the splits an "
+                    "experiment uses; list every bad file.")
+    p.add_argument("--dataset", default="voc", choices=("voc", "coco"))
+    p.add_argument("--data-dir", required=True, help="the --data-dir of the experiment")
+    p.add_argument("--splits", nargs="+", default=None,
+                   help="splits to check (default: the experiment's train and val splits)")
+    p.add_argument("--saliency-dir", default=None, help="the --saliency-dir of the experiment")
+    p.add_argument("--workers", type=int, default=8, help="reader threads")
+    a = p.parse_args(argv)
+    from dsrg_jax.train import data as D
+    from dsrg_jax.train.config import Config, override
+
+    changes = {"data.dataset": a.dataset, "data.data_dir": a.data_dir,
+               "data.saliency_dir": a.saliency_dir}
+    if a.dataset == "coco":  # experiments/configs/coco.py's splits
+        changes.update({"data.num_classes": 81, "data.train_split": "train2014",
+                        "data.val_split": "val2014"})
+    cfg = override(Config(), **changes)
+    splits = a.splits or [cfg.data.train_split, cfg.data.val_split]
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        for split in splits:
+            which = "train" if split == cfg.data.train_split else "val"
+            src = D.make_source(override(cfg, **{f"data.{which}_split": split}), which,
+                                with_saliency=which == "train")
+            _, report = check_dataset(src, num_workers=a.workers, name=split)
+            print(f"{split}: {report.num_checked} items, all fine")
+    except DatasetError as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()

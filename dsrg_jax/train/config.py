@@ -10,6 +10,11 @@ import json
 from typing import Any
 
 
+class ConfigError(ValueError):
+    """A config that cannot run as given (e.g. a batch the hosts cannot share, or flags that
+    differ from the run a workdir was started with); the message says what to change."""
+
+
 @dataclasses.dataclass
 class DataConfig:
     """Dataset and input sizes."""
@@ -27,6 +32,8 @@ class DataConfig:
     cues_file: str | None = None           # official cue file (.pickle[.gz]) or our .npz
     input_convention: str | None = None    # "caffe" | "torchvision" | None: from the weights file
     num_workers: int = 2                   # loader threads
+    flip: bool = True                      # random horizontal flips when training (all stages;
+                                           # off for digits: a mirrored digit is not a digit)
 
 
 @dataclasses.dataclass
@@ -35,6 +42,7 @@ class ModelConfig:
     segmentation: str = "deeplab_vgg16"
     classifier: str = "cam_vgg16"          # "cam_vgg16" | "small"
     init_weights: str | None = None        # ImageNet .pth / .safetensors (None: from scratch)
+    classifier_init_weights: str | None = None  # the CAM classifier's (VGG16) weights; None: init_weights
     widths: tuple[int, ...] = (16, 32, 64)  # "small" models only
     head_width: int = 64
     convs_per_block: int = 1
@@ -70,8 +78,8 @@ class PretrainConfig:
     image_size: int = 32                   # glyph crops (digits at their size on the canvas)
     num_images: int = 6000
     optim: OptimConfig = dataclasses.field(default_factory=lambda: OptimConfig(
-        optimizer="adam", base_lr=1e-3, schedule="constant", batch_size=64, max_steps=800,
-        classifier_lr_mult=1.0, classifier_bias_lr_mult=1.0))
+        optimizer="adam", base_lr=1e-3, schedule="constant", batch_size=64, max_steps=1000,
+        weight_decay=0.0, classifier_lr_mult=1.0, classifier_bias_lr_mult=1.0))
 
 
 @dataclasses.dataclass
@@ -104,7 +112,6 @@ class DSRGConfig:
     crf_pos_w: float = 3.0
     crf_pos_xy: float = 3.0 / 12.0
     crf_iterations: int = 10
-    flip: bool = True
 
 
 @dataclasses.dataclass

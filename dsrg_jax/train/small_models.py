@@ -83,6 +83,27 @@ class SmallCAM(nn.Module):
         return logits.astype(jnp.float32), x.astype(jnp.float32)
 
 
+class SmallClassifier(nn.Module):
+    """The trunk's pretraining net (the digits' stand-in for the ImageNet classifier): trunk,
+    GAP, linear classifier. images: float[B, H, W, 3] -> (logits float32[B, F], features
+    float32[B, h, w, widths[-1]]), the interface of `SmallCAM`."""
+
+    num_classes: int = 10
+    widths: Sequence[int] = (32, 64, 128)
+    convs_per_block: int = 2
+    group_norm: bool = True
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, images: jnp.ndarray, *, train: bool = False):
+        del train
+        x = SmallTrunk(self.widths, self.convs_per_block, self.group_norm, self.dtype,
+                       name="backbone")(images)
+        logits = nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(
+            jnp.mean(x, axis=(1, 2)))
+        return logits.astype(jnp.float32), x.astype(jnp.float32)
+
+
 class SmallDeepLab(nn.Module):
     """DeepLab-ASPP-L in miniature: trunk, then one branch per dilation (fc6 3x3 dilated, ReLU,
     dropout, fc7 1x1, ReLU, dropout, classifier 1x1, N(0, 0.01)); branch logits summed.

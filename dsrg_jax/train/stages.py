@@ -33,7 +33,7 @@ from dsrg_jax.train import data as D
 from dsrg_jax.train import figures
 from dsrg_jax.train import steps as S
 from dsrg_jax.train.checkpoint import Checkpoints
-from dsrg_jax.train.config import Config, OptimConfig
+from dsrg_jax.train.config import Config, ConfigError, OptimConfig
 from dsrg_jax.train.logging import MetricsWriter, is_writer, log
 from dsrg_jax.train.loop import train_loop
 from dsrg_jax.train.optim import caffe_sgd, lr_schedule
@@ -53,9 +53,12 @@ class Experiment:
     @classmethod
     def create(cls, cfg: Config, workdir, *, num_devices: int | None = None) -> "Experiment":
         workdir = pathlib.Path(workdir).absolute()
+        check_resumed_config(cfg, workdir / "config.json")
         if is_writer():
             workdir.mkdir(parents=True, exist_ok=True)
-            (workdir / "config.json").write_text(cfg.to_json())
+            tmp = workdir / "config.json.tmp"
+            tmp.write_text(cfg.to_json())
+            tmp.replace(workdir / "config.json")
         return cls(cfg, workdir, make_mesh(num_devices), MetricsWriter(workdir))
 
     def path(self, *parts: str) -> pathlib.Path:
@@ -75,6 +78,55 @@ class Experiment:
         _sync(f"done-{stage}")
 
 
+# Fields a resumed run may change: they steer logging and checkpoint bookkeeping only.
+RESUMABLE_FIELDS = ("run.checkpoint_every", "run.log_every", "run.keep_checkpoints",
+                    "run.image_log_every", "run.num_figure_images")
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_differences(old: dict, new: Config) -> list[str]:
+    """'field: old -> new' for each field of `new` that differs from the saved config `old`
+    (a dict read from config.json), the `RESUMABLE_FIELDS` left out. A field the saved config
+    lacks (written by an older version) counts as its default value."""
+    new_flat = _flatten(json.loads(new.to_json()))
+    old_flat = _flatten(old)
+    default = _flatten(json.loads(Config().to_json()))
+    out = []
+    for key, value in new_flat.items():
+        if key in RESUMABLE_FIELDS:
+            continue
+        before = old_flat.get(key, default.get(key))
+        if before != value:
+            out.append(f"{key}: {json.dumps(before)} -> {json.dumps(value)}")
+    return out
+
+
+def check_resumed_config(cfg: Config, path: pathlib.Path) -> None:
+    """Raises ConfigError when `path` (the workdir's config.json from an earlier run) holds a
+    config that differs from `cfg` in more than the logging fields (`RESUMABLE_FIELDS`)."""
+    if not path.is_file():
+        return
+    try:
+        old = json.loads(path.read_text())
+    except ValueError as e:
+        raise ConfigError(f"{path} is not valid JSON ({e}): use a new workdir, or delete it if "
+                          f"the workdir holds no results yet") from None
+    diffs = config_differences(old, cfg)
+    if diffs:
+        raise ConfigError(
+            f"{path.parent} was started with another config; differing fields (old -> new): "
+            f"{'; '.join(diffs)}. Use a new --workdir, or pass the same flags as the earlier run")
+
+
 def _sync(name: str) -> None:
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
@@ -86,8 +138,8 @@ def _sync(name: str) -> None:
 
 
 def build_model(cfg: Config, kind: str, seed: int, backbone: Any = None):
-    """(model, variables, input convention) of the CAM classifier ("cam") or segmentation net
-    ("seg"); ImageNet weights from cfg.model.init_weights for the real models, the pretrained
+    """(model, variables, input convention) of the CAM classifier ("cam"), segmentation net
+    ("seg") or the small trunk's pretraining classifier ("pretrain"); ImageNet weights from cfg.model.init_weights for the real models, the pretrained
     trunk `backbone` (params of the "backbone" subtree, see `run_pretrain`) for the small ones."""
     m = cfg.model
     num_fg = cfg.data.num_classes - 1
@@ -95,9 +147,11 @@ def build_model(cfg: Config, kind: str, seed: int, backbone: Any = None):
     convention = get_input_convention(cfg.data.input_convention or "caffe")
     name = m.classifier if kind == "cam" else m.segmentation
     if name == "small":
-        from dsrg_jax.train.small_models import SmallCAM, SmallDeepLab
+        from dsrg_jax.train.small_models import SmallCAM, SmallClassifier, SmallDeepLab
 
-        if kind == "cam":
+        if kind == "pretrain":
+            model = SmallClassifier(num_fg, widths=m.widths, convs_per_block=m.convs_per_block)
+        elif kind == "cam":
             model = SmallCAM(num_fg, widths=m.widths, head_width=m.head_width,
                              convs_per_block=m.convs_per_block)
         else:
@@ -116,7 +170,7 @@ def build_model(cfg: Config, kind: str, seed: int, backbone: Any = None):
     model = create_model(name, num_classes=num_fg if kind == "cam" else cfg.data.num_classes)
     with warnings.catch_warnings():
         warnings.simplefilter("default")
-        variables, info = init_model(model, rng, weights=m.init_weights,
+        variables, info = init_model(model, rng, weights=(m.classifier_init_weights or m.init_weights) if kind == "cam" else m.init_weights,
                                      input_convention=cfg.data.input_convention)
     return model, variables, info.input_convention
 
@@ -180,8 +234,8 @@ def load_stage_variables(exp: Experiment, stage: str, kind: str, seed_offset: in
     """The final variables of a finished training stage (from its last checkpoint)."""
     model, variables, convention = build_model(exp.cfg, kind, exp.cfg.run.seed + seed_offset)
     params, frozen = split_variables(variables)
-    optim = {"pretrain": exp.cfg.pretrain.optim, "cues": exp.cfg.cues.optim, "dsrg": exp.cfg.dsrg.optim,
-             "retrain": exp.cfg.retrain.optim}[stage]
+    optim = {"pretrain": exp.cfg.pretrain.optim, "cues": exp.cfg.cues.optim,
+             "dsrg": exp.cfg.dsrg.optim, "retrain": exp.cfg.retrain.optim}[stage]
     tx = caffe_sgd(params, optim)
     like = replicate(S.create_state(params, tx, frozen=frozen), exp.mesh)
     ckpt = Checkpoints(exp.path(stage, "checkpoints"), keep=exp.cfg.run.keep_checkpoints)
@@ -193,8 +247,21 @@ def load_stage_variables(exp: Experiment, stage: str, kind: str, seed_offset: in
 # -------------------------------------------------------------------------------- inference
 
 
+def inference_batch(batch: int, num_devices: int, process_count: int | None = None) -> int:
+    """`batch` rounded up to a multiple of the mesh's device count (and of the process count):
+    inference batches (pseudo, eval, cue extraction) then split evenly over hosts and devices
+    whatever their number; the pipeline marks the extra rows invalid and they are skipped."""
+    if batch <= 0:
+        raise ConfigError(f"inference batch must be positive, got {batch} (--eval-batch-size)")
+    process_count = jax.process_count() if process_count is None else process_count
+    m = math.lcm(int(num_devices), int(process_count))
+    return -(-int(batch) // m) * m
+
+
 def _iterate(exp: Experiment, source, transform, batch: int):
-    """(host batch numpy, global batch) over a split once, each host its share."""
+    """(host batch numpy, global batch) over a split once, each host its share; `batch` is
+    rounded up to a multiple of the device count (`inference_batch`)."""
+    batch = inference_batch(batch, exp.mesh.size)
     pipe = _pipeline(exp, source, transform, batch, train=False)
     try:
         for b in pipe:
@@ -384,7 +451,7 @@ def run_pretrain(exp: Experiment) -> dict:
     from dsrg_jax.data.digits import GlyphSource
 
     t0 = time.perf_counter()
-    model, variables, conv = build_model(cfg, "cam", cfg.run.seed + 3)
+    model, variables, conv = build_model(cfg, "pretrain", cfg.run.seed + 3)
     canvas = cfg.data.image_size
     train = GlyphSource("train", num_images=p.num_images, size=p.image_size, canvas=canvas)
     variables, last = _train_stage(
@@ -412,6 +479,28 @@ def run_pretrain(exp: Experiment) -> dict:
     return info
 
 
+def check_cues_cover(cueset: CueSet, ids, path: pathlib.Path, split: str) -> None:
+    """Raises DatasetError (one line) unless every id of the train split has cues in `cueset`
+    (imported from `path`): says how many are missing, shows a few, and for the SEC pickle
+    where its input_list.txt must lie."""
+    from dsrg_jax.data.records import DatasetError
+
+    missing = [i for i in ids if i not in cueset]
+    if not missing:
+        return
+    msg = (f"cue file {path}: {len(missing)} of the {len(ids)} {split} ids have no cues (e.g. "
+           f"{', '.join(missing[:5])}); the file names its {len(cueset)} images "
+           f"{', '.join(list(cueset.ids)[:3])}, ...")
+    if path.suffix != ".npz":
+        msg += (f"; the SEC pickle is indexed by the train_aug input_list.txt, which must lie "
+                f"beside it as {path.parent / 'input_list.txt'} (without it the images are "
+                f"named 0..{len(cueset) - 1}), or convert it first with `python -m "
+                f"dsrg_jax.data.cues --pickle {path} --input-list LIST --out cues.npz`")
+    else:
+        msg += "; is it the cue file of this dataset and split?"
+    raise DatasetError(msg)
+
+
 def run_cues(exp: Experiment) -> dict:
     """Stage `cues` (DESIGN.md 2.1). Output: cues.npz + cues/done.json."""
     cfg = exp.cfg
@@ -426,6 +515,8 @@ def run_cues(exp: Experiment) -> dict:
                 f"cue file {path} not found: download SEC's localization_cues.pickle.gz "
                 f"(github.com/kolesman/SEC, training/localization_cues/) or pass no --cues")
         cueset = load_cues(path) if path.suffix == ".npz" else import_official_cues(path)
+        check_cues_cover(cueset, D.make_source(cfg, "train", with_saliency=False).ids, path,
+                         cfg.data.train_split)
         if is_writer():
             cueset.save(exp.path("cues.npz"))
         info = {"source": str(path), "num_images": len(cueset)}
@@ -438,7 +529,7 @@ def run_cues(exp: Experiment) -> dict:
     variables, last = _train_stage(
         exp, "cues", model=model, variables=variables, optim=cfg.cues.optim,
         make_step=lambda tx: S.make_cam_train_step(model, tx, conv, exp.mesh),
-        source=train_src, transform=D.cls_transform(size))
+        source=train_src, transform=D.cls_transform(size, flip=cfg.data.flip))
     cam_predict = S.make_predict(model, conv)
     grid = output_grid(model, variables, size)
     c = cfg.cues
@@ -687,7 +778,7 @@ def run_dsrg(exp: Experiment) -> dict:
         exp, "dsrg", model=model, variables=variables, optim=optim,
         make_step=lambda tx: S.make_dsrg_train_step(model, tx, conv, exp.mesh, cfg.dsrg),
         source=source, transform=D.dsrg_transform(size, grid, with_mask=with_mask,
-                                                  flip=cfg.dsrg.flip),
+                                                  flip=cfg.data.flip),
         hook=hook, on_step=on_step, seed_offset=1)
     hook.finish(optim.max_steps)
     snap.take(int(math.ceil(optim.max_steps / (len(source) / optim.batch_size))), variables,
@@ -828,7 +919,8 @@ def run_retrain(exp: Experiment) -> dict:
     _, last = _train_stage(
         exp, "retrain", model=model, variables=variables, optim=cfg.retrain.optim,
         make_step=lambda tx: S.make_retrain_step(model, tx, conv, exp.mesh),
-        source=source, transform=D.retrain_transform(cfg.data.crop_size, grid), seed_offset=2)
+        source=source, seed_offset=2,
+        transform=D.retrain_transform(cfg.data.crop_size, grid, flip=cfg.data.flip))
     info = {"last": last, "seconds": round(time.perf_counter() - t0, 1)}
     exp.mark_done("retrain", info)
     return info
@@ -892,6 +984,24 @@ def _class_names(cfg: Config):
     return VOC_CLASSES
 
 
+def check_training_batches(cfg: Config, stages, num_devices: int, process_count: int) -> None:
+    """Raises ConfigError when a training stage to run has a global batch the hosts cannot
+    share (each host loads global batch / process count examples)."""
+    train = {"pretrain": cfg.pretrain.enabled, "cues": not cfg.data.cues_file, "dsrg": True,
+             "retrain": cfg.retrain.enabled}
+    optims = {"pretrain": cfg.pretrain.optim, "cues": cfg.cues.optim, "dsrg": cfg.dsrg.optim,
+              "retrain": cfg.retrain.optim}
+    for stage in stages:
+        if not train.get(stage):
+            continue
+        b = optims[stage].batch_size
+        if b <= 0 or b % process_count:
+            raise ConfigError(
+                f"the {stage} stage's global batch ({b}) must be a positive multiple of the "
+                f"process (host) count ({process_count}; {num_devices} devices): pass "
+                f"--batch-size N with N a multiple of {process_count}")
+
+
 RUNNERS = {"pretrain": run_pretrain, "cues": run_cues, "dsrg": run_dsrg, "pseudo": run_pseudo, "retrain": run_retrain,
            "eval": run_eval}
 
@@ -902,6 +1012,11 @@ def run(cfg: Config, workdir, *, stages=STAGES, num_devices: int | None = None) 
     exp = Experiment.create(cfg, workdir, num_devices=num_devices)
     log(f"devices: {exp.mesh.size} ({jax.devices()[0].platform}), processes: "
         f"{jax.process_count()}; workdir {exp.workdir}")
+    check_training_batches(cfg, stages, exp.mesh.size, jax.process_count())
+    for name, b in (("pseudo", cfg.pseudo.batch_size), ("eval", cfg.eval.batch_size)):
+        if inference_batch(b, exp.mesh.size) != b:
+            log(f"{name} batch {b} rounded up to {inference_batch(b, exp.mesh.size)} (a multiple "
+                f"of the {exp.mesh.size} devices; the extra rows are padding)")
     out: dict = {}
     try:
         for stage in stages:

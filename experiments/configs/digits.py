@@ -22,14 +22,15 @@ SIZE = 56
 def get_config(quick: bool = False) -> Config:
     """The full digits run, or its `--quick` reduction (fewer images and steps)."""
     n_train, n_val = (400, 100) if quick else (3000, 500)
-    pre_steps = 60 if quick else 800
+    pre_steps = 60 if quick else 1000
     steps = (60, 60, 60) if quick else (400, 400, 400)   # cues, dsrg, retrain
     batch = 16 if quick else 32
     return Config(
         name="digits-quick" if quick else "digits",
         data=DataConfig(dataset="digits", num_classes=11, train_split="train", val_split="val",
                         input_size=SIZE, crop_size=SIZE, image_size=SIZE, num_train=n_train,
-                        num_val=n_val, input_convention="torchvision", num_workers=2),
+                        num_val=n_val, input_convention="torchvision", num_workers=2,
+                        flip=False),
         model=ModelConfig(segmentation="small", classifier="small", widths=(32, 64, 128),
                           head_width=128, convs_per_block=2, small_dilations=(1, 2, 3, 4)),
         # The digits' ImageNet: a 10-way classifier on single-digit crops; its trunk starts
@@ -37,13 +38,13 @@ def get_config(quick: bool = False) -> Config:
         pretrain=PretrainConfig(enabled=True, image_size=32, num_images=2000 if quick else 6000,
                                 optim=OptimConfig(optimizer="adam", base_lr=1e-3,
                                                   schedule="constant", batch_size=64,
-                                                  max_steps=pre_steps, classifier_lr_mult=1.0,
+                                                  max_steps=pre_steps, weight_decay=0.0,
+                                                  classifier_lr_mult=1.0,
                                                   classifier_bias_lr_mult=1.0)),
         # The classifier learns from scratch: Adam, no extra lr on its (equally new) last layer.
-        cues=CueConfig(optim=OptimConfig(optimizer="adam", base_lr=1e-3, schedule="step",
-                                         step_size=max(1, steps[0] * 5 // 6), gamma=0.33,
-                                         batch_size=batch, max_steps=steps[0], weight_decay=5e-4,
-                                         classifier_lr_mult=1.0, classifier_bias_lr_mult=2.0)),
+        cues=CueConfig(optim=OptimConfig(optimizer="adam", base_lr=1e-3, schedule="constant",
+                                         batch_size=batch, max_steps=steps[0], weight_decay=0.0,
+                                         classifier_lr_mult=1.0, classifier_bias_lr_mult=1.0)),
         dsrg=DSRGConfig(optim=OptimConfig(base_lr=5e-3, schedule="step",
                                           step_size=max(1, steps[1] // 3), gamma=0.33,
                                           batch_size=20, max_steps=steps[1])),
