@@ -130,3 +130,33 @@ def test_sigterm_then_rerun_gives_the_same_results(quick_run, tmp_path):
     for a, b in zip(res["supervision"], reference["supervision"]):
         for k in ("precision", "recall", "iou"):
             assert a[k] == pytest.approx(b[k], abs=1e-6)
+
+
+def _losses(workdir):
+    """{(stage, step): loss} from metrics.jsonl."""
+    out = {}
+    for line in (workdir / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if "loss" in rec and "step" in rec:
+            out[(rec["stage"], rec["step"])] = rec["loss"]
+    return out
+
+
+def test_one_device_gives_the_numbers_of_eight(quick_run, tmp_path):
+    """The whole `--quick` pipeline on 1 device logs the same losses and ends with the same mIoU
+    as on 8 simulated devices (the global batch is the configured one whatever the count)."""
+    eight = quick_run[0]
+    env = _env()
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
+    proc = subprocess.run(_cmd(tmp_path / "one"), cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "devices: 1" in proc.stdout
+    a, b = _losses(eight), _losses(tmp_path / "one")
+    assert set(a) == set(b) and len(a) > 10
+    for key in a:
+        assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-5), key
+    ra = json.loads((eight / "results.json").read_text())
+    rb = json.loads((tmp_path / "one" / "results.json").read_text())
+    for key in ("cues", "dsrg", "retrain"):
+        assert rb["miou"][key] == pytest.approx(ra["miou"][key], abs=1e-4), key
