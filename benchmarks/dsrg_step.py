@@ -28,7 +28,7 @@ a block that is much slower than the others saw a load change.
 
   python benchmarks/dsrg_step.py --config digits --steps 5 --repeats 3 --threads 1 --profile
   python benchmarks/dsrg_step.py --config digits --steps 5 --repeats 3 --torch-variants nchw,channels_last
-  python benchmarks/dsrg_step.py --config vgg16 --steps 5 --repeats 1 --threads 1 --jax-kernels lattice
+  python benchmarks/dsrg_step.py --config vgg16 --steps 5 --repeats 1 --threads 1 --jax-kernels auto
 
 `--profile` also times the parts of the JAX step, each jitted on its own on the same inputs
 (forward, CRF with both kernels, growth, forward+loss+backward, update), the PyTorch phases, and
@@ -63,7 +63,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dsrg_jax.data.digits import DigitsSource
-from dsrg_jax.ops.crf import dense_crf, dense_crf_host, downsample_image
+from dsrg_jax.ops.crf import dense_crf, dense_crf_host, downsample_image, resolve_kernel
 from dsrg_jax.ops.grow import dsrg_grow
 from dsrg_jax.ops.grow_scipy import dsrg_grow_scipy
 from dsrg_jax.ops.losses import MIN_PROB, probs_from_logits
@@ -418,7 +418,7 @@ def _copy(tree):
 class JaxStep:
     """`make_dsrg_train_step` as `run_dsrg` builds it; `__call__` returns seconds (outputs ready)."""
 
-    def __init__(self, s: Setting, crf_kernel: str = "lattice"):
+    def __init__(self, s: Setting, crf_kernel: str = "auto"):
         self.mesh = make_mesh()
         self.cfg = dataclasses.replace(s.dsrg, crf_kernel=crf_kernel)
         params, frozen = dict(s.variables), {}
@@ -521,7 +521,7 @@ def profile_jax(s: Setting, n: int) -> dict[str, float]:
                                                                         kernel=k)))
         qs[kernel] = crf(small, probs)
         out[f"CRF, kernel={kernel}"] = _median_time(lambda c=crf: c(small, probs), n)
-    q = qs[cfg.crf_kernel]
+    q = qs[resolve_kernel(cfg.crf_kernel, probs.shape)]
     grow = jax.jit(lambda q_: dsrg_grow(q_, cues, labels, theta_fg=th[0], theta_bg=th[1]))
     grown = grow(q)
     out["growth"] = _median_time(lambda: grow(q), n)
@@ -567,8 +567,9 @@ def main(argv=None) -> None:
     ap.add_argument("--repeats", type=int, default=3, help="alternating blocks per side")
     ap.add_argument("--batch", type=int, default=None, help="override the config's batch")
     ap.add_argument("--size", type=int, default=None, help="override the input size")
-    ap.add_argument("--jax-kernels", default="lattice,exact",
-                    help="JAX step variants by DSRGConfig.crf_kernel (default config: lattice)")
+    ap.add_argument("--jax-kernels", default="auto,lattice",
+                    help="JAX step variants by DSRGConfig.crf_kernel (auto, exact, lattice; "
+                         "default config: auto)")
     ap.add_argument("--torch-variants", default="nchw",
                     help="comma list of nchw (default memory format) and channels_last")
     ap.add_argument("--torch-crf-processes", type=int, default=1,
@@ -653,7 +654,9 @@ def main(argv=None) -> None:
         t = statistics.median(times[k])
         label = (f"PyTorch eager, {k[6:]} (pydensecrf2 + scipy growth)"
                  if k.startswith("torch") else
-                 f"JAX jit, crf_kernel={k[4:]}" + (" (default)" if k == "jax_lattice" else ""))
+                 f"JAX jit, crf_kernel={k[4:]}" + (
+                     f" (default: {resolve_kernel('auto', s.batch['cues'].shape)})"
+                     if k == "jax_auto" else ""))
         print(f"| {label} | {_ms(t)} | {1 / t:.2f} | {b / t:.1f} | {t_torch / t:.2f}x | "
               f"{' '.join(_ms(x) for x in block_medians[k])} |")
     print(f"\n# load average at end {tuple(round(x, 2) for x in load_end)}")

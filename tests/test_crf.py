@@ -342,6 +342,39 @@ def test_exact_kernel_refuses_full_resolution_and_points_to_the_host_crf():
         jax.eval_shape(lambda i, p: crf.dense_crf(i, p, kernel="exact"), images, probs)
 
 
+@pytest.mark.parametrize("shape, max_bytes, expected", [
+    ((20, 15, 15, 11), None, "exact"),        # digits grid
+    ((20, 41, 41, 21), None, "exact"),        # VOC training grid (1681 px, 226 MB of kernels)
+    ((2, 45, 45, 21), None, "exact"),         # 2025 px, at the limit
+    ((2, 46, 46, 21), None, "lattice"),       # 2116 px > AUTO_EXACT_MAX_PIXELS
+    ((1, 321, 321, 21), None, "lattice"),     # full resolution
+    ((20, 41, 41, 21), 100 * 2**20, "lattice"),   # kernels over max_kernel_bytes
+])
+def test_auto_kernel_is_exact_on_small_grids_else_lattice(shape, max_bytes, expected):
+    kw = {} if max_bytes is None else {"max_kernel_bytes": max_bytes}
+    assert crf.resolve_kernel("auto", shape, **kw) == expected
+    assert crf.resolve_kernel("lattice", shape) == "lattice"
+    assert crf.resolve_kernel("exact", shape) == "exact"
+
+
+def test_auto_kernel_runs_the_resolved_kernel():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (2, 9, 9, 3)).astype(np.uint8)
+    probs = smooth_probs(rng, 2, 9, 9, 4, sigma=1.0)
+    auto = np.asarray(crf.dense_crf(images, probs, kernel="auto"))
+    np.testing.assert_array_equal(auto, np.asarray(crf.dense_crf(images, probs, kernel="exact")))
+
+
+def test_train_config_defaults_to_the_official_lattice_and_digits_to_auto():
+    """VOC/COCO train with the CRF the official code ran; the CPU digits run picks by size."""
+    from dsrg_jax.train.config import DSRGConfig
+    from dsrg_jax.train.steps import crf_params
+    from experiments.configs.digits import get_config
+
+    assert crf_params(DSRGConfig())["kernel"] == "lattice"
+    assert crf_params(get_config().dsrg)["kernel"] == "auto"
+
+
 @pytest.mark.parametrize("images, probs, kwargs, error, name", [
     (np.zeros((1, 5, 5, 3), np.float32), np.ones((1, 5, 5, 2), np.float32), {}, TypeError,
      "images"),

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from dsrg_jax import weights as W
+from dsrg_jax.models import layers as L
 from dsrg_jax.models import (
     DeepLabV2ResNet101,
     DeepLabV2VGG16,
@@ -289,6 +290,74 @@ def caffe_deeplab_vgg_size(n: int) -> int:
 def torch_pool_size(n: int, stride: int, ceil: bool) -> int:
     return tnn.functional.max_pool2d(torch.zeros(1, 1, n, 1), (3, 1), (stride, 1), (1, 0),
                                      ceil_mode=ceil).shape[2]
+
+
+POOL_SHAPES = [(2, 7, 7, 3), (2, 8, 8, 3), (1, 9, 12, 2), (2, 64, 57, 4), (1, 5, 6, 1),
+               (3, 1, 1, 2), (1, 2, 3, 2), (20, 56, 56, 8), (1, 41, 41, 2)]
+POOL_GEOMETRIES = [(3, 2, 1), (3, 1, 1), (2, 2, 0), (3, 3, 1), (3, 2, 0)]
+
+
+def _pool_input(shape, ties: bool, seed: int = 0) -> jnp.ndarray:
+    x = np.random.default_rng(seed).normal(size=shape).astype(np.float32)
+    # ties: few distinct values and ReLU zeros, so most windows have several maxima.
+    return jnp.asarray(np.maximum(np.round(x * 1.5), 0.0) if ties else x)
+
+
+@pytest.mark.parametrize("geometry", POOL_GEOMETRIES)
+def test_caffe_max_pool_slices_equal_reduce_window(geometry):
+    """The strided-slice max pool (impl="slices"): forward bit for bit the reduce_window one
+    (Caffe ceil-mode geometry, odd and even sizes); gradient: every window's cotangent to its first maximum in
+    row-major order, as select_and_scatter routes it, ties included (integer cotangents, so the
+    sums over overlapping windows are exact and the gradients are compared bit for bit)."""
+    k, s, p = geometry
+
+    @jax.jit
+    def both(x, ct):
+        outs = []
+        for impl in ("slices", "reduce_window"):
+            out, vjp = jax.vjp(lambda v, i=impl: L.caffe_max_pool(v, kernel=k, stride=s, pad=p,
+                                                                  impl=i), x)
+            outs += [out, vjp(ct)[0]]
+        return outs
+
+    for shape in POOL_SHAPES:
+        if (shape[1] + 2 * p < k) or (shape[2] + 2 * p < k):
+            continue
+        out_shape = (shape[0], caffe_pool(shape[1], k, s, p), caffe_pool(shape[2], k, s, p),
+                     shape[3])
+        ct = jnp.asarray(np.random.default_rng(1).integers(-8, 9, size=out_shape), jnp.float32)
+        for ties in (False, True):
+            out, grad, ref, ref_grad = both(_pool_input(shape, ties), ct)
+            assert out.shape == ref.shape == out_shape
+            np.testing.assert_array_equal(np.asarray(out), np.asarray(ref))
+            np.testing.assert_array_equal(np.asarray(grad), np.asarray(ref_grad))
+
+
+@pytest.mark.parametrize("impl", ["slices", "reduce_window"])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_caffe_max_pool_matches_torch_ceil_mode_with_gradient(stride, impl):
+    """PyTorch's MaxPool2d(3, s, 1, ceil_mode=True) as a second oracle, gradients included
+    (torch routes a tied window's gradient to its first maximum too)."""
+
+    @jax.jit
+    def pool(x, ct):
+        out, vjp = jax.vjp(lambda v: L.caffe_max_pool(v, kernel=3, stride=stride, pad=1,
+                                                          impl=impl), x)
+        return out, vjp(ct)[0]
+
+    for shape in POOL_SHAPES:
+        out_shape = (shape[0], caffe_pool(shape[1], s=stride), caffe_pool(shape[2], s=stride),
+                     shape[3])
+        ct = np.random.default_rng(3).integers(-8, 9, size=out_shape).astype(np.float32)
+        for ties in (False, True):
+            x = _pool_input(shape, ties, seed=2)
+            out, grad = pool(x, jnp.asarray(ct))
+            xt = torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy()).requires_grad_()
+            ot = tnn.functional.max_pool2d(xt, 3, stride, 1, ceil_mode=True)
+            np.testing.assert_array_equal(np.asarray(out),
+                                          ot.detach().numpy().transpose(0, 2, 3, 1))
+            ot.backward(torch.from_numpy(ct.transpose(0, 3, 1, 2).copy()))
+            np.testing.assert_array_equal(np.asarray(grad), xt.grad.numpy().transpose(0, 2, 3, 1))
 
 
 @pytest.mark.parametrize("hw", [(321, 321), (513, 513), (320, 320), (353, 353), (321, 500)])

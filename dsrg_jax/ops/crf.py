@@ -21,6 +21,7 @@ Two kernel implementations in JAX (`dense_crf(kernel=...)`):
     approximation. It differs from the lattice by a few percent of pixels (the lattice's
     approximation, not float error). Memory B * N^2 * 4 bytes for the bilateral kernels, so it
     is for small grids.
+  * "auto": "exact" up to AUTO_EXACT_MAX_PIXELS grid pixels, else "lattice" (`resolve_kernel`).
 
 The host CRF (`dense_crf_host*`) calls pydensecrf2 itself (full resolution, any size): serially, in
 a process pool, or from jitted code via `jax.pure_callback` inside `jax.shard_map`.
@@ -60,7 +61,11 @@ TEST_CRF: Mapping[str, Any] = dict(
     iterations=10, min_prob=0.0)
 
 _UNARY_MODES = ("prob", "logprob")
-_KERNELS = ("exact", "lattice")
+_KERNELS = ("auto", "exact", "lattice")
+# kernel="auto": "exact" up to this many grid pixels (and within max_kernel_bytes), else
+# "lattice". 2048 covers VOC's 41x41 training grid (1681 px: 11 MB of bilateral kernel per
+# image); on CPU "exact" is the faster one there (docs/benchmarks.md, "Dense CRF").
+AUTO_EXACT_MAX_PIXELS = 2048
 # Largest bilateral kernel (all images of a call together) "exact" builds unless told otherwise.
 _DEFAULT_MAX_KERNEL_BYTES = 2 * 1024**3
 
@@ -512,8 +517,10 @@ def dense_crf(
       pos_w, pos_xy: Gaussian Potts weight and spatial width (px). A weight of 0 drops the term.
       iterations: mean-field iterations.
       kernel: "lattice" (pydensecrf's permutohedral approximation, which the official code ran;
-        agrees with pydensecrf2 to float rounding) or "exact" (explicit Gaussian kernels, the
-        exact model; a few percent of pixels differ from the lattice's result).
+        agrees with pydensecrf2 to float rounding), "exact" (explicit Gaussian kernels, the
+        exact model; a few percent of pixels differ from the lattice's result) or "auto"
+        (`resolve_kernel`: "exact" for grids of at most AUTO_EXACT_MAX_PIXELS pixels, else
+        "lattice").
       min_prob: output floor before renormalising (official training 1e-4; 0 = raw mean field, as
         pydensecrf returns it).
       max_kernel_bytes: "exact" refuses calls whose bilateral kernels (B * (H*W)^2 * 4 bytes)
@@ -539,6 +546,7 @@ def dense_crf(
         raise ValueError(f"dense_crf: `kernel` must be one of {_KERNELS}, got {kernel!r}")
     b, h, w, _ = probs.shape
     n = h * w
+    kernel = resolve_kernel(kernel, probs.shape, max_kernel_bytes=max_kernel_bytes)
     if kernel == "exact" and bi_w != 0.0 and b * n * n * 4 > max_kernel_bytes:
         raise ValueError(
             f"dense_crf: the exact bilateral kernels of `probs` {tuple(probs.shape)} need "
@@ -551,6 +559,27 @@ def dense_crf(
                       jnp.asarray(min_prob, jnp.float32), bi_w=float(bi_w), bi_xy=float(bi_xy),
                       bi_rgb=float(bi_rgb), pos_w=float(pos_w), pos_xy=float(pos_xy),
                       iterations=int(iterations), kernel=kernel, precision=precision)
+
+
+def resolve_kernel(kernel: str, probs_shape: Sequence[int], *,
+                   max_kernel_bytes: int = _DEFAULT_MAX_KERNEL_BYTES) -> str:
+    """The JAX CRF kernel `dense_crf` runs for `kernel` on probabilities of `probs_shape`.
+
+    "exact" and "lattice" are returned as given. "auto" is "exact" when the grid has at most
+    AUTO_EXACT_MAX_PIXELS pixels and the call's bilateral kernels (B * (H*W)^2 * 4 bytes) fit in
+    `max_kernel_bytes`, else "lattice". On CPU "exact" is the faster kernel on training grids
+    (15x15: 5 vs 52 ms per batch of 20; 41x41: see docs/benchmarks.md "Dense CRF"), but it is
+    the exact model, not pydensecrf's lattice approximation: 92-97% argmax agreement with
+    pydensecrf2 instead of bit-level agreement.
+    """
+    if kernel not in _KERNELS:
+        raise ValueError(f"dense_crf: `kernel` must be one of {_KERNELS}, got {kernel!r}")
+    if kernel != "auto":
+        return kernel
+    b, h, w = (int(d) for d in probs_shape[:3])
+    n = h * w
+    return "exact" if n <= AUTO_EXACT_MAX_PIXELS and b * n * n * 4 <= max_kernel_bytes \
+        else "lattice"
 
 
 @functools.partial(

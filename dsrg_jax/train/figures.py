@@ -52,9 +52,11 @@ def supervision_figure(path, records: Sequence[dict]) -> None:
     plt.close(fig)
 
 
-def growth_figure(path, growth_dir: pathlib.Path, num_classes: int, max_epochs: int = 5) -> bool:
+def growth_figure(path, growth_dir: pathlib.Path, num_classes: int, max_epochs: int = 5,
+                  class_names: Sequence[str] | None = None) -> bool:
     """Rows: images; columns: image, original cues, grown cues at several epochs, CRF prediction
-    of the last snapshot, ground truth (on the output grid). False if there are no snapshots."""
+    of the last snapshot, ground truth (on the output grid); a legend of the classes shown.
+    False if there are no snapshots."""
     files = sorted(growth_dir.glob("epoch_*.npz"))
     if not files:
         return False
@@ -77,8 +79,24 @@ def growth_figure(path, growth_dir: pathlib.Path, num_classes: int, max_epochs: 
             ax.imshow(img, interpolation="nearest")
             ax.set_title(title, fontsize=7)
             ax.axis("off")
-    fig.suptitle("DSRG: seed cues grown during training (grey: unlabelled)", fontsize=9)
+    fig.suptitle("DSRG: seed cues grown during training (cream: no cue, black: background)",
+                 fontsize=9)
     fig.tight_layout()
+    if class_names is not None:
+        from matplotlib.patches import Patch
+
+        shown = set()
+        for _, snap in snaps:
+            for key in ("cues", "grown"):
+                if key in snap:
+                    flat = snap[key].reshape(-1, snap[key].shape[-1])
+                    shown |= set(np.flatnonzero(flat.any(0)))
+        shown |= set(np.unique(first["masks"])) - {255}
+        handles = [Patch(facecolor=pal[c] / 255.0, edgecolor="grey", label=class_names[c])
+                   for c in sorted(int(c) for c in shown) if c < len(class_names)]
+        fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 11), fontsize=7,
+                   frameon=False)
+        fig.subplots_adjust(bottom=0.08)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return True
@@ -170,7 +188,8 @@ def write_all(workdir, results: dict, *, class_names: Sequence[str],
     if results.get("supervision"):
         supervision_figure(out / "supervision.png", results["supervision"])
         written.append(str(out / "supervision.png"))
-    if growth_figure(out / "growth.png", workdir / "dsrg" / "growth", len(class_names)):
+    if growth_figure(out / "growth.png", workdir / "dsrg" / "growth", len(class_names),
+                     class_names=class_names):
         written.append(str(out / "growth.png"))
     if class_iou_figure(out / "class_iou.png", results.get("eval", {}), class_names):
         written.append(str(out / "class_iou.png"))
