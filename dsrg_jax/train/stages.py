@@ -960,6 +960,8 @@ def run_eval(exp: Experiment) -> dict:
     pseudo = exp.done("pseudo") or {}
     if "train_miou" in pseudo:
         results["pseudo_label_train_miou"] = pseudo["train_miou"]
+    if "val_accuracy" in (pre := exp.done("pretrain") or {}):
+        results["pretrain_val_accuracy"] = pre["val_accuracy"]
     results["seconds"] = {s: (exp.done(s) or {}).get("seconds") for s in STAGES[:-1]}
     results["seconds"]["eval"] = round(time.perf_counter() - t0, 1)
     if is_writer():
