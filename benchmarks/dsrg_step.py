@@ -114,7 +114,7 @@ def digits_source(num_images: int, grid: tuple[int, int], cues_path: pathlib.Pat
     11 classes) when given, else synthetic CAM-like cues from the masks. Returns (source, origin).
 
     Synthetic by default: they are deterministic, and a run's cue file depends on how well that
-    run's CAM classifier trained (runs/digits/cues.npz of 2026-11-25 is all background)."""
+    run's CAM classifier trained."""
     if cues_path is not None and cues_path.is_file():
         from dsrg_jax.data.cues import load_cues
 

@@ -163,3 +163,21 @@ def test_one_device_gives_the_numbers_of_eight(quick_run, tmp_path):
     rb = json.loads((tmp_path / "one" / "results.json").read_text())
     for key in ("cues", "dsrg", "retrain"):
         assert rb["miou"][key] == pytest.approx(ra["miou"][key], abs=1e-4), key
+
+
+def test_cue_diagnostics_split_the_cue_precision_into_foreground_and_background(quick_run):
+    """`experiments.cue_diagnostics`: foreground and background cue precision recombine into the
+    cue precision the cues stage measured (an independent count over the same cue file)."""
+    from experiments import cue_diagnostics
+
+    workdir, _ = quick_run
+    out = cue_diagnostics.main(["--workdir", str(workdir), "--num-images", "40"])
+    q = out["cue_file"]
+    tp = q["fg_precision"] * q["fg_cells"] + q["bg_precision"] * q["bg_cells"]
+    train_quality = json.loads((workdir / "cues" / "done.json").read_text())["train_quality"]
+    assert tp / (q["fg_cells"] + q["bg_cells"]) == pytest.approx(train_quality["precision"],
+                                                                 abs=1e-9)
+    rules = out["foreground_rules"]
+    assert [(r["rule"], r["value"]) for r in rules][:2] == [("relative", 0.2), ("relative", 0.4)]
+    cells = [r["fg_cells"] for r in rules if r["rule"] == "relative"]
+    assert cells == sorted(cells, reverse=True)  # a higher threshold never adds cue cells
