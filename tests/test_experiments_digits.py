@@ -100,7 +100,7 @@ def test_rerun_skips_finished_stages(quick_run):
     proc = subprocess.run(_cmd(workdir), cwd=REPO, env=_env(), capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0
-    for stage in ("cues", "dsrg", "pseudo", "retrain", "eval"):
+    for stage in ("pretrain", "cues", "dsrg", "pseudo", "retrain", "eval"):
         assert f"[{stage}] done already" in proc.stdout
 
 

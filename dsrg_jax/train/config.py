@@ -42,7 +42,8 @@ class ModelConfig:
     segmentation: str = "deeplab_vgg16"
     classifier: str = "cam_vgg16"          # "cam_vgg16" | "small"
     init_weights: str | None = None        # ImageNet .pth / .safetensors (None: from scratch)
-    classifier_init_weights: str | None = None  # the CAM classifier's (VGG16) weights; None: init_weights
+    # The CAM classifier's (VGG16) ImageNet weights; None: init_weights.
+    classifier_init_weights: str | None = None
     widths: tuple[int, ...] = (16, 32, 64)  # "small" models only
     head_width: int = 64
     convs_per_block: int = 1

@@ -139,8 +139,10 @@ def _sync(name: str) -> None:
 
 def build_model(cfg: Config, kind: str, seed: int, backbone: Any = None):
     """(model, variables, input convention) of the CAM classifier ("cam"), segmentation net
-    ("seg") or the small trunk's pretraining classifier ("pretrain"); ImageNet weights from cfg.model.init_weights for the real models, the pretrained
-    trunk `backbone` (params of the "backbone" subtree, see `run_pretrain`) for the small ones."""
+    ("seg") or the small trunk's pretraining classifier ("pretrain"). The real models start from
+    ImageNet weights (model.init_weights; model.classifier_init_weights for the CAM net when
+    given), the small ones from the pretrained trunk `backbone` (params of the "backbone"
+    subtree, see `run_pretrain`) when given."""
     m = cfg.model
     num_fg = cfg.data.num_classes - 1
     rng = jax.random.key(seed)
@@ -170,7 +172,9 @@ def build_model(cfg: Config, kind: str, seed: int, backbone: Any = None):
     model = create_model(name, num_classes=num_fg if kind == "cam" else cfg.data.num_classes)
     with warnings.catch_warnings():
         warnings.simplefilter("default")
-        variables, info = init_model(model, rng, weights=(m.classifier_init_weights or m.init_weights) if kind == "cam" else m.init_weights,
+        weights = (m.classifier_init_weights or m.init_weights) if kind == "cam" else \
+            m.init_weights
+        variables, info = init_model(model, rng, weights=weights,
                                      input_convention=cfg.data.input_convention)
     return model, variables, info.input_convention
 
@@ -434,9 +438,10 @@ def pretrained_backbone(exp: Experiment):
 
 
 def run_pretrain(exp: Experiment) -> dict:
-    """Stage `pretrain` (digits only; the stand-in for ImageNet weights): the small CAM
-    classifier learns a 10-way task on single-digit images (`GlyphSource`); its trunk is saved
-    to pretrain/backbone.msgpack and initialises every later net. Skipped when disabled."""
+    """Stage `pretrain` (digits only; the stand-in for ImageNet weights): `SmallClassifier`
+    (trunk, GAP, linear) learns a 10-way task on single-digit images (`GlyphSource`, softmax
+    cross-entropy); its trunk is saved to pretrain/backbone.msgpack and initialises every later
+    net. Skipped when disabled. Output: pretrain/done.json with the single-digit val accuracy."""
     cfg, p = exp.cfg, exp.cfg.pretrain
     if not p.enabled:
         return {}
@@ -1004,8 +1009,8 @@ def check_training_batches(cfg: Config, stages, num_devices: int, process_count:
                 f"--batch-size N with N a multiple of {process_count}")
 
 
-RUNNERS = {"pretrain": run_pretrain, "cues": run_cues, "dsrg": run_dsrg, "pseudo": run_pseudo, "retrain": run_retrain,
-           "eval": run_eval}
+RUNNERS = {"pretrain": run_pretrain, "cues": run_cues, "dsrg": run_dsrg, "pseudo": run_pseudo,
+           "retrain": run_retrain, "eval": run_eval}
 
 
 def run(cfg: Config, workdir, *, stages=STAGES, num_devices: int | None = None) -> dict:
