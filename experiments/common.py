@@ -22,6 +22,15 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
                    help="global batch of each training stage, whatever the device count")
     p.add_argument("--num-devices", type=int, default=None,
                    help="use only the first N devices (default: all devices of all hosts)")
+    p.add_argument("--predict-split", default=None, metavar="NAME",
+                   help="after the stages of --stage (finished ones are skipped, so on a "
+                        "finished workdir this only predicts), write the final net's "
+                        "predictions of split NAME (no masks needed) as VOC palette PNGs "
+                        "<id>.png with the eval settings (scales, flip, CRF) to "
+                        "WORKDIR/predict/NAME/ (VOC: under results/VOC2012/Segmentation/"
+                        "comp6_test_cls/, the test server's layout). NAME: VOC "
+                        "ImageSets/Segmentation/NAME.txt (e.g. test, val), COCO NAME "
+                        "(e.g. val2014), digits train or val")
 
 
 def apply_run_flags(cfg, args):
@@ -45,7 +54,7 @@ def stages_of(args):
     return STAGES if args.stage == "all" else (args.stage,)
 
 
-def run_and_report(cfg, workdir, stages, num_devices=None) -> dict:
+def run_and_report(cfg, workdir, stages, num_devices=None, predict=None) -> dict:
     """Prints the resolved config, runs the stages; signals, NaN and missing data -> one line
     and an exit status (128 + signal after a save; 1 for errors)."""
     from dsrg_jax.data.records import DatasetError
@@ -57,7 +66,7 @@ def run_and_report(cfg, workdir, stages, num_devices=None) -> dict:
     log("config:\n" + cfg.to_json())
     t0 = time.perf_counter()
     try:
-        out = run(cfg, workdir, stages=stages, num_devices=num_devices)
+        out = run(cfg, workdir, stages=stages, num_devices=num_devices, predict=predict)
     except Preempted as e:
         print(str(e), file=sys.stderr, flush=True)
         sys.exit(128 + e.signum)
@@ -105,6 +114,12 @@ def dataset_parser(prog: str, description: str, data_help: str) -> argparse.Argu
     p.add_argument("--cues", default=None,
                    help="official cue file (SEC/DSRG localization_cues.pickle[.gz]) or a "
                         "dsrg_jax cues .npz; skips the CAM classifier (the published setup)")
+    p.add_argument("--labels-from", default=None, choices=("masks", "cues"),
+                   help="image-level labels of the DSRG stage's train images: 'cues' = the cue "
+                        "file's (SEC's per-image labels, as the published DSRG trains; they "
+                        "differ from the masks' on a few images), 'masks' = the classes present "
+                        "in the ground-truth masks (default: cues with --cues, else masks; the "
+                        "CAM classifier always uses masks)")
     p.add_argument("--saliency-dir", default=None,
                    help="folder of greyscale saliency PNGs named <image id>.png for the "
                         "background cues (without it: low-CAM background)")
@@ -115,9 +130,10 @@ def dataset_parser(prog: str, description: str, data_help: str) -> argparse.Argu
     return p
 
 
-def check_data(cfg) -> None:
+def check_data(cfg, predict=None) -> None:
     """The fast up-front check: the train and val id lists load and every image (and mask,
-    and saliency map) they name exists; one line naming the missing files, else silence.
+    and saliency map) they name exists (and the images of split `predict`, if given); one
+    line naming the missing files, else silence.
     The full check that decodes every file: `python -m dsrg_jax.data.check`."""
     from dsrg_jax.data.check import check_files
     from dsrg_jax.data.records import DatasetError
@@ -129,6 +145,12 @@ def check_data(cfg) -> None:
             src = D.make_source(cfg, split, with_saliency=split == "train")
             n = check_files(src, name=f"{cfg.data.dataset} {split}", max_listed=5)
             log(f"data check: {cfg.data.dataset} {split}: {n} images, all files present")
+        if predict is not None:
+            from dsrg_jax.train.stages import predict_source
+
+            n = check_files(predict_source(cfg, predict), name=f"{cfg.data.dataset} {predict}",
+                            max_listed=5)
+            log(f"data check: {cfg.data.dataset} {predict}: {n} images, all files present")
     except DatasetError as e:
         sys.exit(f"error: {' / '.join(str(e).splitlines())}")
 
@@ -161,11 +183,13 @@ def dataset_main(args, get_config, data_hint: str) -> dict:
     changes = {"data.data_dir": args.data_dir, "model.init_weights": args.init_weights,
                "model.classifier_init_weights": args.cam_init_weights,
                "data.saliency_dir": args.saliency_dir, "data.cues_file": args.cues,
+               "data.labels_from": args.labels_from or ("cues" if args.cues else "masks"),
                "model.segmentation": f"deeplab_{args.backbone}"}
     if args.backbone == "resnet101":
         changes["data.input_convention"] = "torchvision"
     if args.eval_batch_size is not None:
         changes["pseudo.batch_size"] = changes["eval.batch_size"] = args.eval_batch_size
     cfg = apply_run_flags(override(get_config(), **changes), args)
-    check_data(cfg)
-    return run_and_report(cfg, args.workdir, stages_of(args), args.num_devices)
+    check_data(cfg, args.predict_split)
+    return run_and_report(cfg, args.workdir, stages_of(args), args.num_devices,
+                          predict=args.predict_split)

@@ -39,7 +39,8 @@ def main(argv=None) -> dict:
 
     cfg = common.apply_run_flags(get_config(quick=args.quick), args)
     workdir = args.workdir or ("runs/digits-quick" if args.quick else "runs/digits")
-    out = common.run_and_report(cfg, workdir, common.stages_of(args), args.num_devices)
+    out = common.run_and_report(cfg, workdir, common.stages_of(args), args.num_devices,
+                                predict=args.predict_split)
     if args.ablation:
         from experiments.ablation import run_ablation
 

@@ -10,10 +10,10 @@ from experiments import coco, digits, voc
 @pytest.mark.parametrize("module,flags", [
     (voc, ["--tpu", "--data-dir", "--workdir", "--backbone", "--stage", "--init-weights",
            "--cam-init-weights", "--cues", "--saliency-dir", "--max-steps", "--batch-size",
-           "--eval-batch-size", "--seed"]),
+           "--eval-batch-size", "--seed", "--labels-from"]),
     (coco, ["--tpu", "--data-dir", "--workdir", "--backbone", "--stage", "--init-weights",
             "--cam-init-weights", "--cues", "--saliency-dir", "--max-steps", "--batch-size",
-            "--eval-batch-size", "--seed"]),
+            "--eval-batch-size", "--seed", "--labels-from"]),
     (digits, ["--workdir", "--quick", "--ablation", "--stage", "--seed"]),
 ])
 def test_help_lists_every_flag(module, flags, capsys):
@@ -21,7 +21,7 @@ def test_help_lists_every_flag(module, flags, capsys):
         module.parse_args(["--help"])
     assert e.value.code == 0
     text = capsys.readouterr().out
-    for flag in flags:
+    for flag in [*flags, "--predict-split"]:
         assert flag in text
 
 
@@ -62,7 +62,8 @@ def captured(monkeypatch):
 
     got = {}
     monkeypatch.setattr(common, "run_and_report",
-                        lambda cfg, workdir, stages, num_devices=None: got.update(cfg=cfg))
+                        lambda cfg, workdir, stages, num_devices=None, predict=None:
+                        got.update(cfg=cfg, predict=predict))
     return got
 
 
@@ -93,6 +94,16 @@ def test_cam_weights_and_eval_batch_reach_the_config(voc_dir, tmp_path, captured
     assert "vgg16-397923af.pth" in str(e.value.code) and "not found" in str(e.value.code)
 
 
+@pytest.mark.parametrize("flags,expected", [
+    ([], "masks"), (["--cues", "cues.pickle.gz"], "cues"),
+    (["--cues", "cues.pickle.gz", "--labels-from", "masks"], "masks"),
+    (["--labels-from", "cues"], "cues")])
+def test_labels_from_defaults_to_the_cue_file_with_cues(voc_dir, tmp_path, captured, flags,
+                                                        expected):
+    voc.main(["--data-dir", str(voc_dir), "--workdir", str(tmp_path / "w"), *flags])
+    assert captured["cfg"].data.labels_from == expected
+
+
 def test_missing_image_is_named_at_start(voc_dir, tmp_path, captured):
     missing = voc_dir / "VOC2012" / "JPEGImages" / "2008_000003.jpg"
     missing.unlink()
@@ -101,3 +112,22 @@ def test_missing_image_is_named_at_start(voc_dir, tmp_path, captured):
     msg = str(e.value.code)
     assert str(missing) in msg and "python -m dsrg_jax.data.check" in msg and "\n" not in msg
     assert "cfg" not in captured  # nothing ran
+
+
+def test_predict_split_is_checked_up_front_and_reaches_the_run(voc_dir, tmp_path, captured):
+    """--predict-split NAME: the split's list and images are checked before anything runs (no
+    masks needed), then the split name reaches `run_and_report`."""
+    base = ["--data-dir", str(voc_dir), "--workdir", str(tmp_path / "w")]
+    with pytest.raises(SystemExit) as e:
+        voc.main(base + ["--predict-split", "test"])
+    assert "'test'" in str(e.value.code) and "\n" not in str(e.value.code)
+    assert "cfg" not in captured  # nothing ran
+    jpegs = voc_dir / "VOC2012" / "JPEGImages"
+    write_id_list(voc_dir / "VOC2012" / "ImageSets" / "Segmentation" / "test.txt",
+                  ["2011_000007"])
+    with pytest.raises(SystemExit) as e:
+        voc.main(base + ["--predict-split", "test"])
+    assert "2011_000007.jpg" in str(e.value.code)
+    (jpegs / "2011_000007.jpg").write_bytes((jpegs / f"{VAL[0]}.jpg").read_bytes())
+    voc.main(base + ["--predict-split", "test"])
+    assert captured["predict"] == "test"

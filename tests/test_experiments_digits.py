@@ -95,6 +95,30 @@ def test_evaluate_cli_reproduces_the_eval_miou(quick_run, tmp_path):
         100 * res["eval"]["retrain"]["pixel_accuracy"], abs=1e-3)
 
 
+def test_predict_split_writes_the_eval_stage_predictions(quick_run, tmp_path):
+    """`stages.predict_split` (the `--predict-split` flag) on val: one palette PNG per image at
+    the image's size, equal to the eval stage's PNGs (same net, same settings, no masks read)."""
+    import numpy as np
+
+    from dsrg_jax.sharding import make_mesh
+    from dsrg_jax.train import stages
+    from dsrg_jax.train.config import config_from_dict
+
+    workdir, _ = quick_run
+    cfg = config_from_dict(json.loads((workdir / "config.json").read_text()))
+    exp = stages.Experiment(cfg, workdir, make_mesh(None), writer=None)
+    info = stages.predict_split(exp, split_name="val", out_dir=tmp_path / "pred")
+    assert info["num_images"] == 100 and info["stage"] == "retrain"
+    assert stages.predict_dir(exp, "val") == workdir / "predict" / "val"
+    pngs = sorted((tmp_path / "pred").glob("*.png"))
+    ref = workdir / "eval" / "retrain" / "predictions"
+    assert [p.name for p in pngs] == sorted(p.name for p in ref.glob("*.png"))
+    for p in pngs:
+        with Image.open(p) as im, Image.open(ref / p.name) as want:
+            assert im.mode == "P" and im.size == (56, 56)
+            assert np.array_equal(np.asarray(im), np.asarray(want)), p.name
+
+
 def test_rerun_skips_finished_stages(quick_run):
     workdir, _ = quick_run
     proc = subprocess.run(_cmd(workdir), cwd=REPO, env=_env(), capture_output=True, text=True,

@@ -30,6 +30,10 @@ class DataConfig:
     image_size: int = 112                  # digits canvas side
     saliency_dir: str | None = None        # greyscale saliency PNGs named by image id
     cues_file: str | None = None           # official cue file (.pickle[.gz]) or our .npz
+    # Image-level labels of the dsrg stage's train images: "masks" (from the ground-truth masks)
+    # or "cues" (the cue set's labels: with the official cue file, SEC's "<i>_labels", as the
+    # published DSRG trains; they differ on a few images). The CAM classifier always uses masks.
+    labels_from: str = "masks"
     input_convention: str | None = None    # "caffe" | "torchvision" | None: from the weights file
     num_workers: int = 2                   # loader threads
     flip: bool = True                      # random horizontal flips when training (all stages;

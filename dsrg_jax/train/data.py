@@ -134,3 +134,57 @@ class PseudoLabelSource:
         rec = self.base[index]
         mask = read_label_png(self.label_dir / f"{rec.image_id}.png", self.num_classes)
         return dataclasses.replace(rec, mask=mask, cues=None, saliency=None)
+
+
+LABELS_FROM = ("masks", "cues")
+
+
+class CueLabelSource:
+    """A source whose image-level labels are the cue set's (`cueset.image_labels`), e.g. SEC's
+    `"<i>_labels"` from the official cue file, instead of the labels derived from the masks.
+    Everything else (image, mask, cues, saliency) is the base source's."""
+
+    def __init__(self, base, cueset, where: str = "the cue set"):
+        self.base = base
+        self.cueset = cueset
+        self.ids = base.ids
+        self.class_names = base.class_names
+        missing = [i for i in base.ids if i not in cueset]
+        if missing:
+            raise DatasetError(
+                f"{where}: no cues (so no image-level labels) for {len(missing)} of the "
+                f"{len(base.ids)} train images (first: {missing[:3]}); data.labels_from='cues' "
+                "needs every train image in the cue file: use --labels-from masks, or a cue "
+                "file of this train split")
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getattr__(self, name):  # num_classes, check_item, image_path, ...: the base's
+        if name in ("base", "cueset") or name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self.base, name)
+
+    def __getitem__(self, index: int) -> Record:
+        import dataclasses
+
+        rec = self.base[index]
+        labels = np.asarray(self.cueset.image_labels[self.cueset.index_of(rec.image_id)], bool)
+        if labels.shape != rec.labels.shape:
+            raise DatasetError(f"cue set labels of {rec.image_id!r} have {labels.shape[0]} "
+                               f"classes, the dataset {rec.labels.shape[0]}")
+        return dataclasses.replace(rec, labels=labels.copy())
+
+
+def with_labels_from(cfg: Config, source, cueset):
+    """The dsrg stage's train source with the image-level labels cfg.data.labels_from names:
+    "masks": `source` as is; "cues": the cue set's labels (`CueLabelSource`)."""
+    from dsrg_jax.train.config import ConfigError
+
+    kind = cfg.data.labels_from
+    if kind not in LABELS_FROM:
+        raise ConfigError(f"data.labels_from must be one of {LABELS_FROM}, got {kind!r} "
+                          "(--labels-from)")
+    if kind == "masks":
+        return source
+    return CueLabelSource(source, cueset, where=cfg.data.cues_file or "cues.npz")

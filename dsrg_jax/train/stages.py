@@ -769,6 +769,7 @@ def run_dsrg(exp: Experiment) -> dict:
         raise ValueError(f"cues are on a {cueset.grid_size} grid but the segmentation net gives "
                          f"{grid} for {size}x{size} inputs")
     source = D.make_source(cfg, "train", cues=cueset, with_saliency=False)
+    source = D.with_labels_from(cfg, source, cueset)  # mask or cue-file image labels
     with_mask = _has_masks(source)
     optim = cfg.dsrg.optim
     hook = SupervisionHook(len(source) / optim.batch_size, cfg.data.num_classes)
@@ -977,6 +978,89 @@ def run_eval(exp: Experiment) -> dict:
     return results
 
 
+# ------------------------------------------------------------------------------ predict a split
+
+
+def predict_source(cfg: Config, split_name: str):
+    """The images of any split, without masks or labels (the test split has neither): VOC
+    ImageSets/Segmentation/<split_name>.txt (or SegmentationAug/, or an id-list path), COCO
+    DATA_DIR/<split_name> with annotations/instances_<split_name>.json, digits "train"/"val"."""
+    d = cfg.data
+    if d.dataset == "digits":
+        if split_name not in ("train", "val"):
+            raise ConfigError(f"digits has the splits 'train' and 'val', got {split_name!r}")
+        return D.make_source(cfg, split_name, with_saliency=False)
+    if d.dataset == "voc":
+        from dsrg_jax.data.voc import VOCSource
+
+        if d.data_dir is None or not pathlib.Path(d.data_dir).exists():
+            from dsrg_jax.data.records import DatasetError
+
+            raise DatasetError(f"VOC data dir {d.data_dir!r} not found: {D.VOC_HINT}")
+        ids = VOCSource(d.data_dir, split_name, masks=None, labels={}).ids
+        ones = np.ones(d.num_classes, bool)  # unused: the argmax is over all classes
+        return VOCSource(d.data_dir, split_name, masks=None, labels=dict.fromkeys(ids, ones))
+    return D.make_source(dataclasses.replace(cfg, data=dataclasses.replace(
+        d, val_split=split_name)), "val", with_saliency=False)
+
+
+def predict_dir(exp: Experiment, split_name: str) -> pathlib.Path:
+    """Where `predict_split` writes: WORKDIR/predict/<split>/results/VOC2012/Segmentation/
+    comp6_test_cls for VOC (the test server's layout), WORKDIR/predict/<split> otherwise."""
+    base = exp.path("predict", pathlib.Path(split_name).stem)
+    if exp.cfg.data.dataset == "voc":
+        return base / "results" / "VOC2012" / "Segmentation" / "comp6_test_cls"
+    return base
+
+
+def predict_split(exp: Experiment, stage: str | None = None, split_name: str = "test",
+                  out_dir=None) -> dict:
+    """Writes a finished stage's prediction of every image of a split as `<id>.png` (VOC
+    palette, the image's size), exactly as the eval stage predicts val: scales
+    `eval.scales`, `eval.flip`, `eval.crf`, argmax over all classes. Needs no masks or labels.
+
+    Args:
+      stage: "retrain" or "dsrg"; None = retrain, or dsrg when retrain is disabled.
+      split_name: see `predict_source`.
+      out_dir: default `predict_dir(exp, split_name)`.
+    Returns:
+      {"split", "stage", "num_images", "dir", "seconds"}.
+    """
+    cfg = exp.cfg
+    stage = stage or ("retrain" if cfg.retrain.enabled else "dsrg")
+    offsets = {"dsrg": 1, "retrain": 2}  # as the eval stage builds them
+    if stage not in offsets:
+        raise ConfigError(f"predict: stage must be 'dsrg' or 'retrain', got {stage!r}")
+    if exp.done(stage) is None:
+        raise FileNotFoundError(f"predict: the {stage} stage is not finished in {exp.workdir} "
+                                f"({exp.path(stage, 'done.json')} missing); run it first")
+    from dsrg_jax.data.files import write_label_png
+
+    t0 = time.perf_counter()
+    out_dir = pathlib.Path(out_dir) if out_dir is not None else predict_dir(exp, split_name)
+    source = predict_source(cfg, split_name)
+    model, variables, conv = load_stage_variables(exp, stage, "seg", offsets[stage])
+    predict = S.make_predict(model, conv)
+    count = 0
+    for hb, gb in _iterate(exp, source, D.infer_transform(_canvas(exp), with_mask=False),
+                           cfg.eval.batch_size):
+        preds = predict_labels(predict, variables, hb, gb, mode="scale", values=cfg.eval.scales,
+                               crf=cfg.eval.crf, flip=cfg.eval.flip)
+        for i, pred in enumerate(preds):
+            if hb["valid"][i]:
+                write_label_png(out_dir / f"{source.ids[int(hb['index'][i])]}.png", pred)
+                count += 1
+    count = int(_allsum(np.array(count)))
+    info = {"split": split_name, "stage": stage, "num_images": count, "dir": str(out_dir),
+            "seconds": round(time.perf_counter() - t0, 1)}
+    log(f"[predict] {count} PNGs of {split_name} ({stage} net, scales {list(cfg.eval.scales)}, "
+        f"flip {cfg.eval.flip}, crf {cfg.eval.crf}) in {out_dir}")
+    if out_dir.parts[-4:] == ("results", "VOC2012", "Segmentation", "comp6_test_cls"):
+        log(f"[predict] for the VOC test server: tar -C {out_dir.parents[3]} -czf results.tgz "
+            f"results")
+    return info
+
+
 def _class_names(cfg: Config):
     if cfg.data.dataset == "digits":
         from dsrg_jax.data.digits import DIGIT_CLASSES
@@ -1013,9 +1097,11 @@ RUNNERS = {"pretrain": run_pretrain, "cues": run_cues, "dsrg": run_dsrg, "pseudo
            "retrain": run_retrain, "eval": run_eval}
 
 
-def run(cfg: Config, workdir, *, stages=STAGES, num_devices: int | None = None) -> dict:
+def run(cfg: Config, workdir, *, stages=STAGES, num_devices: int | None = None,
+        predict: str | None = None) -> dict:
     """Runs the given stages in order (each skipped when done); returns results.json's dict
-    (or the last stage's info)."""
+    (or the last stage's info). With `predict` (a split name): then `predict_split` of that
+    split with the final net, its info under the key "predict"."""
     exp = Experiment.create(cfg, workdir, num_devices=num_devices)
     log(f"devices: {exp.mesh.size} ({jax.devices()[0].platform}), processes: "
         f"{jax.process_count()}; workdir {exp.workdir}")
@@ -1032,6 +1118,8 @@ def run(cfg: Config, workdir, *, stages=STAGES, num_devices: int | None = None) 
             t = time.perf_counter()
             out = RUNNERS[stage](exp)
             log(f"[{stage}] finished in {time.perf_counter() - t:.1f} s")
+        if predict is not None:
+            out = {**out, "predict": predict_split(exp, split_name=predict)}
     finally:
         exp.writer.close()
     return out
