@@ -51,7 +51,8 @@ def get_config(quick: bool = False) -> Config:
                                          batch_size=batch, max_steps=steps[0], weight_decay=0.0,
                                          classifier_lr_mult=1.0, classifier_bias_lr_mult=1.0)),
         # The exact CRF on the 15x15 grid: 5 ms against 52 ms for the lattice on CPU.
-        dsrg=DSRGConfig(crf_kernel="auto", optim=OptimConfig(optimizer="adam", base_lr=1e-3, schedule="step",
+        dsrg=DSRGConfig(crf_kernel="auto",
+                        optim=OptimConfig(optimizer="adam", base_lr=1e-3, schedule="step",
                                           step_size=max(1, steps[1] * 2 // 3), gamma=0.33,
                                           batch_size=20, max_steps=steps[1], weight_decay=0.0,
                                           classifier_lr_mult=1.0, classifier_bias_lr_mult=1.0)),
