@@ -97,11 +97,16 @@ def _pool_geometry(x, kernel, stride, ph, pw):
     return ho, wo
 
 
-def _pool_max_and_argmax(x, kernel, stride, ph, pw):
-    """(max float[B, H', W', C], index int8 of its first maximum in the window, row-major)."""
+def _padded_window_slices(x, kernel, stride, ph, pw):
+    """The kernel**2 window slices of x padded with -inf by (ph, pw) (`_pool_slices`)."""
     xp = lax.pad(x, jnp.array(-jnp.inf, x.dtype),
                  ((0, 0, 0), (ph[0], ph[1], 0), (pw[0], pw[1], 0), (0, 0, 0)))
-    slices = _pool_slices(xp, kernel, stride, _pool_geometry(x, kernel, stride, ph, pw))
+    return _pool_slices(xp, kernel, stride, _pool_geometry(x, kernel, stride, ph, pw))
+
+
+def _pool_max_and_argmax(x, kernel, stride, ph, pw):
+    """(max float[B, H', W', C], index int8 of its first maximum in the window, row-major)."""
+    slices = _padded_window_slices(x, kernel, stride, ph, pw)
     out = functools.reduce(jnp.maximum, slices)
     # The first k with slice_k == max: scan from the last window position to the first.
     # No match (a NaN maximum) leaves kernel**2, which routes no gradient.
@@ -114,11 +119,7 @@ def _pool_max_and_argmax(x, kernel, stride, ph, pw):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
 def _max_pool_slices(x, kernel, stride, ph, pw):
     """Forward of impl="slices"; its gradient routes by the saved int8 first-argmax index."""
-    xp = lax.pad(x, jnp.array(-jnp.inf, x.dtype),
-                 ((0, 0, 0), (ph[0], ph[1], 0), (pw[0], pw[1], 0), (0, 0, 0)))
-    return functools.reduce(jnp.maximum,
-                            _pool_slices(xp, kernel, stride, _pool_geometry(x, kernel, stride,
-                                                                            ph, pw)))
+    return functools.reduce(jnp.maximum, _padded_window_slices(x, kernel, stride, ph, pw))
 
 
 def _max_pool_slices_fwd(x, kernel, stride, ph, pw):

@@ -1,6 +1,7 @@
 """Sources and transforms of each stage, built from the config (host side, numpy)."""
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 
 import cv2
@@ -8,7 +9,7 @@ import numpy as np
 
 from dsrg_jax.data import transforms as T
 from dsrg_jax.data.records import DatasetError, Record
-from dsrg_jax.train.config import Config
+from dsrg_jax.train.config import Config, ConfigError
 
 VOC_HINT = (
     "download VOC 2012 (VOCtrainval_11-May-2012.tar from "
@@ -127,8 +128,6 @@ class PseudoLabelSource:
         return len(self.base)
 
     def __getitem__(self, index: int) -> Record:
-        import dataclasses
-
         from dsrg_jax.data.files import read_label_png
 
         rec = self.base[index]
@@ -166,8 +165,6 @@ class CueLabelSource:
         return getattr(self.base, name)
 
     def __getitem__(self, index: int) -> Record:
-        import dataclasses
-
         rec = self.base[index]
         labels = np.asarray(self.cueset.image_labels[self.cueset.index_of(rec.image_id)], bool)
         if labels.shape != rec.labels.shape:
@@ -179,8 +176,6 @@ class CueLabelSource:
 def with_labels_from(cfg: Config, source, cueset):
     """The dsrg stage's train source with the image-level labels cfg.data.labels_from names:
     "masks": `source` as is; "cues": the cue set's labels (`CueLabelSource`)."""
-    from dsrg_jax.train.config import ConfigError
-
     kind = cfg.data.labels_from
     if kind not in LABELS_FROM:
         raise ConfigError(f"data.labels_from must be one of {LABELS_FROM}, got {kind!r} "
