@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import ndimage
 
+from dsrg_jax import crf_host
 from dsrg_jax.ops import crf
 
 
@@ -79,21 +80,22 @@ def agreement_table(voc_root: str | None, size: int, classes: int) -> None:
             cv2.cvtColor(cv2.imread(os.path.join(folder, f)), cv2.COLOR_BGR2RGB)
             for f in sorted(os.listdir(folder)) if f.endswith(".jpg")]
     settings = {
-        "training CRF, unary -P": {**crf.TRAIN_CRF, "min_prob": 0.0},
-        "training widths, unary -log P": {**crf.TRAIN_CRF, "unary": "logprob", "min_prob": 0.0},
-        "test-time widths (80, 13, 3), -log P": dict(crf.TEST_CRF),
+        "training CRF, unary -P": crf.TRAIN_CRF.replace(min_prob=0.0),
+        "training widths, unary -log P": crf.TRAIN_CRF.replace(unary="logprob", min_prob=0.0),
+        "test-time widths (80, 13, 3), -log P": crf.TEST_CRF,
     }
     print(f"agreement with pydensecrf2 at {size}x{size}, {classes} classes, smooth random "
           f"probability maps (raw mean-field output, no floor)")
-    print("| images | setting | kernel | mean argmax agreement | mean abs Q diff | max abs Q diff |")
+    print("| images | setting | kernel | mean argmax agreement | mean abs Q diff "
+          "| max abs Q diff |")
     print("|---|---|---|---|---|---|")
     for set_name, photos in sets.items():
         images = np.stack([_training_grid(p, size) for p in photos])
         probs = _probs(len(images), size, classes, seed=1)
         for setting, params in settings.items():
-            ref = np.stack([crf.dense_crf_host(i, p, **params) for i, p in zip(images, probs)])
+            ref = np.stack([crf_host.dense_crf_host(i, p, params) for i, p in zip(images, probs)])
             for kernel in ("lattice", "exact"):
-                q = np.asarray(crf.dense_crf(images, probs, kernel=kernel, **params))
+                q = np.asarray(crf.dense_crf(images, probs, params, kernel=kernel))
                 agree = (q.argmax(-1) == ref.argmax(-1)).mean(axis=(1, 2)).mean()
                 diff = np.abs(q - ref)
                 print(f"| {set_name} ({len(images)}) | {setting} | {kernel} | {agree:.5f} | "
@@ -118,7 +120,7 @@ def _machine() -> str:
     except (OSError, StopIteration):
         pass
     try:
-        load = "load average %.1f %.1f %.1f" % os.getloadavg()
+        load = "load average {:.1f} {:.1f} {:.1f}".format(*os.getloadavg())
     except OSError:
         load = "load average n/a"
     return (f"{cpu}, {os.cpu_count()} cores ({load}); jax {jax.__version__} on "
@@ -150,24 +152,25 @@ def main() -> None:
     images_d, probs_d = jnp.asarray(images), jnp.asarray(probs)
     print(f"machine: {_machine()}")
     print(f"setting: batch {args.batch}, {args.size}x{args.size}, {args.classes} classes, "
-          f"official training CRF {dict(crf.TRAIN_CRF)}; median of {args.repeats} runs")
+          f"official training CRF {crf.TRAIN_CRF}; median of {args.repeats} runs")
 
     rows = []
     ref, _ = _median_seconds(
-        lambda: [crf.dense_crf_host(i, p, **crf.TRAIN_CRF) for i, p in zip(images, probs)],
+        lambda: [crf_host.dense_crf_host(i, p, crf.TRAIN_CRF) for i, p in zip(images, probs)],
         args.repeats)
     rows.append(("pydensecrf2, one image at a time (official)", ref))
     pool, _ = _median_seconds(
-        lambda: crf.dense_crf_host_batch(images, probs, processes=args.processes,
-                                         **crf.TRAIN_CRF), args.repeats)
-    crf.shutdown_pools()
+        lambda: crf_host.dense_crf_host_batch(images, probs, crf.TRAIN_CRF,
+                                              processes=args.processes), args.repeats)
+    crf_host.shutdown_pools()
     rows.append((f"pydensecrf2, process pool of {args.processes}", pool))
     for kernel in ("lattice", "exact"):
-        fn = jax.jit(lambda i, p, k=kernel: crf.dense_crf(i, p, kernel=k, **crf.TRAIN_CRF))
+        fn = jax.jit(lambda i, p, k=kernel: crf.dense_crf(i, p, crf.TRAIN_CRF, kernel=k))
         start = time.perf_counter()
         fn.lower(images_d, probs_d).compile()
         compile_s = time.perf_counter() - start
-        t, _ = _median_seconds(lambda: fn(images_d, probs_d).block_until_ready(), args.repeats)
+        t, _ = _median_seconds(lambda fn=fn: fn(images_d, probs_d).block_until_ready(),
+                               args.repeats)
         rows.append((f"JAX dense_crf kernel={kernel!r} (jit; compile {compile_s:.1f} s)", t))
     if args.with_model:
         from dsrg_jax.models import DeepLabV2VGG16

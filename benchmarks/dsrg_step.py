@@ -1,16 +1,17 @@
 """One full DSRG training step, side by side: our jitted JAX step against the same step in PyTorch.
 
-The step (DESIGN.md 2.3): forward (dropout on) -> P = softmax + 1e-4, renormalised -> dense CRF of
-P on the output grid (unary -P, the official training CRF) -> region growing from the original
-cues -> balanced seed loss on the grown cues + constrain loss (official CRF pass-through gradient)
--> backward -> SGD update (momentum 0.9, weight decay 5e-4, lr multipliers 1/2/10/20).
+The step, as the official training step: forward (dropout on) -> P = softmax + 1e-4, renormalised
+-> dense CRF of P on the output grid (the official training CRF: unary -P, bilateral w 10, xy
+80/12 px, rgb 13; Gaussian w 3, xy 3/12 px) -> region growing from the original cues -> balanced
+seed loss on the grown cues + constrain loss (official CRF pass-through gradient) -> backward ->
+SGD update (momentum 0.9, weight decay 5e-4, lr multipliers 1/2/10/20).
 
 JAX side: `dsrg_jax.train.steps.make_dsrg_train_step`, exactly as `run_dsrg` builds it (mesh of
 all devices, `caffe_sgd`, the stage's input convention), on a batch that is already on the device.
 
 PyTorch side (eager, as the official Caffe/Python code is organised): a torch.nn twin of the
 network with the JAX initial weights copied in (forward checked equal before timing), the CRF by
-pydensecrf2 image by image on the host (`dense_crf_host`, the parameters of `steps.crf_params`),
+pydensecrf2 image by image on the host (`dense_crf_host` with the config's `dsrg.crf`),
 growth by `dsrg_grow_scipy` (numpy/scipy, as the official growth ran in Python), losses in torch,
 `loss.backward()`, `torch.optim.SGD` (param groups for the lr multipliers and decay). torch SGD
 keeps lr outside the momentum buffer (v = m v + g; w -= lr v), Caffe/ours inside (v = m v + lr g;
@@ -27,7 +28,8 @@ flags set before JAX starts), the comparison that stays fair under load. Read th
 a block that is much slower than the others saw a load change.
 
   python benchmarks/dsrg_step.py --config digits --steps 5 --repeats 3 --threads 1 --profile
-  python benchmarks/dsrg_step.py --config digits --steps 5 --repeats 3 --torch-variants nchw,channels_last
+  python benchmarks/dsrg_step.py --config digits --steps 5 --repeats 3 \\
+      --torch-variants nchw,channels_last
   python benchmarks/dsrg_step.py --config vgg16 --steps 5 --repeats 1 --threads 1 --jax-kernels auto
 
 `--profile` also times the parts of the JAX step, each jitted on its own on the same inputs
@@ -45,7 +47,8 @@ import platform
 import statistics
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 if __name__ == "__main__" and "--threads" in sys.argv:
     # XLA reads its CPU thread settings once, when JAX starts: set them before importing it.
@@ -62,15 +65,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dsrg_jax.config import DSRGConfig, OptimConfig
+from dsrg_jax.crf_host import dense_crf_host, dense_crf_host_batch
 from dsrg_jax.data.digits import DigitsSource
-from dsrg_jax.ops.crf import dense_crf, dense_crf_host, downsample_image, resolve_kernel
+from dsrg_jax.models import create_model, model_for
+from dsrg_jax.ops.crf import dense_crf, downsample_image, resolve_kernel
 from dsrg_jax.ops.grow import dsrg_grow
 from dsrg_jax.ops.grow_scipy import dsrg_grow_scipy
 from dsrg_jax.ops.losses import MIN_PROB, probs_from_logits
+from dsrg_jax.pipeline.nets import output_grid
+from dsrg_jax.pipeline.sources import dsrg_transform
 from dsrg_jax.sharding import global_batch, make_mesh, replicate
-from dsrg_jax.train import data as D
 from dsrg_jax.train import steps as S
-from dsrg_jax.train.config import DSRGConfig, OptimConfig
 from dsrg_jax.train.optim import caffe_sgd
 from dsrg_jax.weights import get_input_convention
 
@@ -136,7 +142,7 @@ def digits_source(num_images: int, grid: tuple[int, int], cues_path: pathlib.Pat
 
 def make_batch(source, size: int, grid: tuple[int, int], batch: int, num_classes: int):
     """A host batch through the DSRG stage's own transform (warp + flip), classes padded to C."""
-    tf = D.dsrg_transform(size, grid, with_mask=False, flip=True)
+    tf = dsrg_transform(size, grid, with_mask=False, flip=True)
     rng = np.random.default_rng(0)
     exs = [tf(source[i], rng) for i in range(batch)]
     out = {k: np.stack([e[k] for e in exs]) for k in ("image", "labels", "cues")}
@@ -161,16 +167,9 @@ def build_setting(name: str, cues_path: pathlib.Path | None, batch: int | None =
     sys.path.insert(0, str(ROOT))
     from experiments.configs.digits import get_config
 
-    from dsrg_jax.train.stages import output_grid
-
     cfg = get_config()
     if name == "digits":
-        from dsrg_jax.train.small_models import SmallDeepLab
-
-        m = cfg.model
-        model = SmallDeepLab(cfg.data.num_classes, widths=m.widths, head_width=m.head_width,
-                             convs_per_block=m.convs_per_block, dilations=m.small_dilations,
-                             dropout_rate=m.dropout_rate)
+        model = model_for(cfg.model, "seg", cfg.data.num_classes)
         variables = _init(model, (64, 64))
         convention = get_input_convention(cfg.data.input_convention)
         dsrg = cfg.dsrg
@@ -178,13 +177,11 @@ def build_setting(name: str, cues_path: pathlib.Path | None, batch: int | None =
         batch = batch or dsrg.optim.batch_size
         num_classes = cfg.data.num_classes
     elif name == "vgg16":
-        from dsrg_jax.models import DeepLabV2VGG16
-
         num_classes = 21
-        model = DeepLabV2VGG16(num_classes)
+        model = create_model("deeplab_vgg16", num_classes=num_classes)
         variables = _init(model, (65, 65))
         convention = get_input_convention("caffe")
-        dsrg = DSRGConfig(optim=OptimConfig(batch_size=batch or 2))   # the DESIGN defaults
+        dsrg = DSRGConfig(optim=OptimConfig(batch_size=batch or 2))   # the official defaults
         size = size or 161
         batch = batch or 2
     else:
@@ -365,19 +362,15 @@ class TorchStep:
         self.images = torch.from_numpy(s.batch["image"])
         self.cues = s.batch["cues"]
         self.labels = s.batch["labels"]
-        p = S.crf_params(s.dsrg)
-        p.pop("kernel")
-        self.crf = dict(p, min_prob=MIN_PROB)
+        self.crf = s.dsrg.crf
         self.theta = S.grow_thresholds(s.dsrg)
         self.crf_processes = crf_processes
         self.last: dict[str, Any] = {}
 
     def crf_host(self, small: np.ndarray, probs: np.ndarray) -> np.ndarray:
         if self.crf_processes > 1:
-            from dsrg_jax.ops.crf import dense_crf_host_batch
-
-            return dense_crf_host_batch(small, probs, processes=self.crf_processes, **self.crf)
-        return np.stack([dense_crf_host(small[i], probs[i], **self.crf)
+            return dense_crf_host_batch(small, probs, self.crf, processes=self.crf_processes)
+        return np.stack([dense_crf_host(small[i], probs[i], self.crf)
                          for i in range(len(probs))])
 
     def __call__(self) -> dict[str, float]:
@@ -416,7 +409,10 @@ def _copy(tree):
 
 
 class JaxStep:
-    """`make_dsrg_train_step` as `run_dsrg` builds it; `__call__` returns seconds (outputs ready)."""
+    """`make_dsrg_train_step` as `run_dsrg` builds it.
+
+    `__call__` returns seconds (outputs ready).
+    """
 
     def __init__(self, s: Setting, crf_kernel: str = "auto"):
         self.mesh = make_mesh()
@@ -517,8 +513,7 @@ def profile_jax(s: Setting, n: int) -> dict[str, float]:
     out = {"forward (+softmax, CRF image)": _median_time(lambda: fwd(params), n)}
     qs = {}
     for kernel in ("lattice", "exact"):
-        crf = jax.jit(lambda sm, pr, k=kernel: dense_crf(sm, pr, **dict(S.crf_params(cfg),
-                                                                        kernel=k)))
+        crf = jax.jit(lambda sm, pr, k=kernel: dense_crf(sm, pr, cfg.crf, kernel=k))
         qs[kernel] = crf(small, probs)
         out[f"CRF, kernel={kernel}"] = _median_time(lambda c=crf: c(small, probs), n)
     q = qs[resolve_kernel(cfg.crf_kernel, probs.shape)]
@@ -545,7 +540,7 @@ def profile_pipeline(s: Setting, cues_path, num_batches: int = 20) -> dict[str, 
     b = len(s.batch["image"])
     size = s.batch["image"].shape[1]
     source, _ = digits_source(300, s.grid, cues_path)
-    tf = D.dsrg_transform(size, s.grid, with_mask=False, flip=True)
+    tf = dsrg_transform(size, s.grid, with_mask=False, flip=True)
     with Pipeline(source, global_batch=b, transform=tf, process_index=0, process_count=1,
                   num_workers=2, prefetch=2) as pipe:
         runs = [measure(pipe, num_batches, warmup=2 if r == 0 else 0)["images_per_s"]

@@ -3,14 +3,24 @@
 Public API (stable): region growing, CAMs and seed cues, the DSRG / SEC losses and the metrics.
 All are pure functions over arrays, usable under `jax.jit`, `jax.vmap` and `jax.shard_map`.
 """
-from dsrg_jax.models import DeepLabV2ResNet101, DeepLabV2VGG16, VGG16CAM, create_model
+from dsrg_jax.models import VGG16CAM, DeepLabV2ResNet101, DeepLabV2VGG16, create_model
 from dsrg_jax.ops.cam import class_activation_maps, seed_cues_from_cams
 from dsrg_jax.ops.grow import dsrg_grow
-from dsrg_jax.ops.losses import (balanced_seed_loss, constrain_loss,
-                                 multilabel_classification_loss, probs_from_logits,
-                                 sec_seed_loss)
-from dsrg_jax.ops.metrics import (confusion_matrix, cue_counts, cue_quality, iou_per_class,
-                                  mean_iou, pixel_accuracy)
+from dsrg_jax.ops.losses import (
+                                 balanced_seed_loss,
+                                 constrain_loss,
+                                 multilabel_classification_loss,
+                                 probs_from_logits,
+                                 sec_seed_loss,
+)
+from dsrg_jax.ops.metrics import (
+                                 confusion_matrix,
+                                 cue_counts,
+                                 cue_quality,
+                                 iou_per_class,
+                                 mean_iou,
+                                 pixel_accuracy,
+)
 from dsrg_jax.weights import InputConvention, init_model
 
 __all__ = [
@@ -37,19 +47,17 @@ __all__ = [
 ]
 __version__ = "0.1.0"
 
-# Dense CRF (issue 3): JAX CRF on the training grid, pydensecrf2 host CRF at full resolution.
-from dsrg_jax.ops.crf import (  # noqa: E402
-    TEST_CRF,
-    TRAIN_CRF,
-    dense_crf,
+# Dense CRF: JAX CRF on the training grid, pydensecrf2 host CRF at full resolution.
+from dsrg_jax.crf_host import (  # noqa: E402
     dense_crf_callback,
     dense_crf_host,
     dense_crf_host_batch,
-    downsample_image,
     sharded_dense_crf_host,
 )
+from dsrg_jax.ops.crf import TEST_CRF, TRAIN_CRF, CRFParams, dense_crf, downsample_image  # noqa: E402
 
 __all__ += [
+    "CRFParams",
     "TEST_CRF",
     "TRAIN_CRF",
     "dense_crf",

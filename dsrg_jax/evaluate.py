@@ -1,4 +1,4 @@
-"""Scores a folder of predicted label PNGs against ground truth (DESIGN.md 2.5).
+"""Scoring: a folder of predicted label PNGs against ground truth, and the pipeline's `Evaluator`.
 
     python -m dsrg_jax.evaluate --gt VOC2012/SegmentationClass --pred runs/voc/pred \
         [--list VOC2012/ImageSets/Segmentation/val.txt] [--num-classes 21] [--json scores.json]
@@ -19,13 +19,15 @@ import math
 import os
 import pathlib
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 from dsrg_jax.data.files import read_id_list, read_label_png
 from dsrg_jax.data.records import IGNORE_INDEX, DatasetError
+from dsrg_jax.data.registry import class_names
 from dsrg_jax.ops.metrics import iou_per_class, mean_iou, pixel_accuracy
+from dsrg_jax.sharding import sum_over_processes
 
 PathLike = str | os.PathLike
 
@@ -34,31 +36,61 @@ class EvaluationError(ValueError):
     """Predictions cannot be scored; the message names every bad or missing file."""
 
 
-def class_names(num_classes: int) -> tuple[str, ...]:
-    """VOC (21), COCO (81) or digits (11) class names; otherwise "class_0", "class_1", ..."""
-    from dsrg_jax.data.coco import COCO_CLASSES
-    from dsrg_jax.data.digits import DIGIT_CLASSES
-    from dsrg_jax.data.voc import VOC_CLASSES
-
-    for names in (VOC_CLASSES, COCO_CLASSES, DIGIT_CLASSES):
-        if len(names) == num_classes:
-            return tuple(names)
-    return tuple(f"class_{i}" for i in range(num_classes))
-
-
 def confusion_matrix_np(pred: np.ndarray, gt: np.ndarray, num_classes: int, *,
                         ignore_index: int = IGNORE_INDEX) -> np.ndarray:
     """Host confusion matrix of one image (any shape): int64[C, C], rows = gt, cols = pred.
 
-    Pixels with gt == ignore_index are not counted; pred must lie in 0..C-1 where counted.
+    Pixels with gt == ignore_index, or gt or pred outside 0..C-1, are not counted (as
+    `dsrg_jax.ops.metrics.confusion_matrix`).
     """
     if pred.shape != gt.shape:
         raise ValueError(f"pred {pred.shape} and gt {gt.shape} must have the same shape")
     gt = gt.astype(np.int64).reshape(-1)
     pred = pred.astype(np.int64).reshape(-1)
-    keep = gt != ignore_index
+    keep = ((gt != ignore_index) & (gt >= 0) & (gt < num_classes) & (pred >= 0)
+            & (pred < num_classes))
     return np.bincount(gt[keep] * num_classes + pred[keep],
                        minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+class Evaluator:
+    """One confusion matrix over a split, accumulated image by image on each host and summed
+    across hosts at the end: the one way the pipeline scores (mIoU, pixel accuracy, per class).
+
+        ev = Evaluator(21)
+        for pred, gt in ...: ev.add(pred, gt)
+        ev.result()   # {"miou", "pixel_accuracy", "iou_per_class", "num_images"} (fractions)
+    """
+
+    def __init__(self, num_classes: int):
+        self.num_classes = int(num_classes)
+        self.confusion = np.zeros((num_classes, num_classes), np.int64)
+        self.num_images = 0
+
+    def add(self, pred: np.ndarray, gt: np.ndarray) -> None:
+        """One image: pred, gt int[H, W] (gt 255 = ignore)."""
+        self.confusion += confusion_matrix_np(pred, gt, self.num_classes)
+        self.num_images += 1
+
+    def add_confusion(self, confusion: np.ndarray, num_images: int = 0) -> None:
+        """Counts computed elsewhere (e.g. on the device): int[C, C]."""
+        self.confusion += np.asarray(confusion, np.int64)
+        self.num_images += int(num_images)
+
+    def total(self) -> tuple[np.ndarray, int]:
+        """(confusion int64[C, C], images) summed over all processes."""
+        counts = sum_over_processes(np.append(self.confusion.reshape(-1), self.num_images))
+        return counts[:-1].reshape(self.confusion.shape), int(counts[-1])
+
+    def result(self) -> dict:
+        """mIoU, pixel accuracy and per-class IoU (fractions; None for a class absent from both
+        ground truth and predictions) over all processes."""
+        confusion, n = self.total()
+        iou = iou_per_class(confusion)
+        return {"miou": mean_iou(confusion),
+                "pixel_accuracy": float(np.trace(confusion) / max(confusion.sum(), 1)),
+                "iou_per_class": [None if np.isnan(v) else float(v) for v in iou],
+                "num_images": n}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,10 +1,15 @@
-"""Multi-scale inference: scales (+ flip), logits upsampled to full size and summed, CRF, argmax.
+"""Multi-scale inference as the official test scripts: scales or warps, logits at full size,
+summed, softmax, the full-resolution CRF, argmax.
 
-DESIGN.md 2.5 (the official test protocol): the image at scales 0.75, 1, 1.25 (aspect kept), each
-through the network, logits resized bilinearly to the full image size and summed; softmax; an
-optional full-resolution dense CRF (pydensecrf2, `dense_crf_host_batch`, every CPU core: unary
--log P, bilateral w=10, 80 px, 13; Gaussian w=3, 3 px; 10 iterations); argmax over all classes
-(the official default) or, as an option, over the image's labelled classes only.
+The official protocol (`test-ms-f.py` for evaluation, `test-ms.py` for pseudo-labels; every
+setting with its source in docs/fidelity.md): the image resampled with
+`scipy.ndimage.zoom(order=1)` (corner-aligned linear; here `dsrg_jax.ops.resize.zoom_region`, on
+the device, equal to scipy to float rounding) to each scale (0.75, 1, 1.25, aspect kept) or size
+(241, 321, 401, warped), through the network, the logits zoomed back to the full image size the
+same way and summed; softmax; `P < 1e-5 -> 1e-5`; an optional full-resolution dense CRF
+(pydensecrf2, `dsrg_jax.crf_host`, every CPU core: unary -log P, bilateral w=10, 80 px, 13;
+Gaussian w=3, 3 px; 10 iterations, on the RGB image); argmax over all classes (the official
+default) or, as an option, over the image's labelled classes only.
 
 Works with any network function:
 
@@ -17,36 +22,37 @@ over the whole batch (compiled once per (apply_fn, scale, image shape)); pass th
 object on every call so the compiled code is reused, and the variables through `variables` rather
 than a closure (a closure bakes them into the compiled code as constants).
 
-A batch of images of different sizes padded to one canvas (what the training pipeline gives, possibly
-sharded over devices): `canvas_logits(apply_fn, images, hw, scales=...)`, or `sizes=(241, 321, 401)`
-to warp each image to s x s (the pseudo-label protocol, DESIGN.md 2.4); the pipeline's stages use it.
+One path for every caller: `canvas_logits` takes a batch of images of different sizes at the top
+left of one canvas (what the pipeline gives, possibly sharded over devices) and scales each image
+on its own; `multi_scale_logits` / `segment` are its equal-size special case and
+`segment_canvases` adds the per-image softmax, CRF and argmax. A whole split:
+`predict_records(apply_fn, records, variables=..., canvas=500, out_dir=...)` writes VOC palette
+PNGs that `python -m dsrg_jax.evaluate` scores. The CRF's process pool is spawned: a script that
+uses it (crf_processes None or > 1) needs the `if __name__ == "__main__":` guard.
 
-A whole split: `predict_records(apply_fn, records, variables=..., canvas=500, out_dir=...)` batches
-images of any size (padded to a canvas, or grouped by size) and writes VOC palette PNGs that
-`python -m dsrg_jax.evaluate` scores. The CRF's process pool is spawned: a script that uses it
-(crf_processes None or > 1) needs the `if __name__ == "__main__":` guard.
-
-Images are normalised at full size (`normalize`: "caffe", "imagenet", None for float32 input as it
-is, or a function), then resized bilinearly (half-pixel centres, no antialiasing: what OpenCV's
-INTER_LINEAR does) to round(scale * side).
+Images are normalised at full size (`normalize`: "caffe", "torchvision" / "imagenet", None for
+float32 input as it is, or a function), then zoomed to round(scale * side) as scipy does.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import pathlib
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dsrg_jax.data.transforms import (CAFFE_MEAN_BGR, IMAGENET_MEAN_RGB, IMAGENET_STD_RGB,
-                                      MEAN_RGB_UINT8)
-from dsrg_jax.ops.crf import TEST_CRF, dense_crf_host_batch
+from dsrg_jax.convention import MEAN_RGB_UINT8, get_input_convention
+from dsrg_jax.crf_host import dense_crf_host_batch
+from dsrg_jax.data.files import write_label_png
+from dsrg_jax.ops.crf import TEST_CRF, CRFParams
+from dsrg_jax.ops.resize import zoom_region
+from dsrg_jax.sharding import to_host
 
-DEFAULT_SCALES: tuple[float, ...] = (0.75, 1.0, 1.25)  # official multi-scale test (DESIGN 2.5)
+DEFAULT_SCALES: tuple[float, ...] = (0.75, 1.0, 1.25)  # official multi-scale test
 
 ApplyFn = Callable[..., jax.Array]
 Normalize = str | Callable[[jax.Array], jax.Array] | None
@@ -77,20 +83,19 @@ class Segmentation:
 
 
 def normalize_images(images: jax.Array, normalize: Normalize) -> jax.Array:
-    """uint8/float[B, H, W, 3] RGB -> float32 network input ("caffe": BGR minus the mean pixel;
-    "imagenet": RGB/255 minus mean over std; None: as float32; or a function)."""
+    """uint8/float[B, H, W, 3] RGB -> float32 network input: an input convention's name
+    ("caffe", "torchvision" / "imagenet": `dsrg_jax.convention`), None (as float32) or a
+    function."""
     if callable(normalize):
         return jnp.asarray(normalize(images), jnp.float32)
     x = jnp.asarray(images, jnp.float32)
     if normalize is None:
         return x
-    if normalize == "caffe":
-        return x[..., ::-1] - jnp.asarray(CAFFE_MEAN_BGR, jnp.float32)
-    if normalize == "imagenet":
-        return ((x / 255.0 - jnp.asarray(IMAGENET_MEAN_RGB, jnp.float32))
-                / jnp.asarray(IMAGENET_STD_RGB, jnp.float32))
-    raise ValueError(f"normalize must be 'caffe', 'imagenet', None or a function, got "
-                     f"{normalize!r}")
+    try:
+        return get_input_convention(normalize).normalize(x)
+    except ValueError:
+        raise ValueError(f"normalize must be 'caffe', 'torchvision', 'imagenet', None or a "
+                         f"function, got {normalize!r}") from None
 
 
 def scaled_size(size: int, scale: float) -> int:
@@ -98,96 +103,24 @@ def scaled_size(size: int, scale: float) -> int:
     return max(1, round(size * scale))
 
 
-def resize_bilinear(x: jax.Array, hw: tuple[int, int]) -> jax.Array:
-    """float[B, H, W, C] -> float[B, h, w, C]: bilinear, half-pixel centres, no antialiasing."""
-    if tuple(x.shape[1:3]) == tuple(hw):
-        return x
-    return jax.image.resize(x, (x.shape[0], hw[0], hw[1], x.shape[3]), "bilinear",
-                            antialias=False)
-
-
 def _call(apply_fn: ApplyFn, variables: Any, x: jax.Array) -> jax.Array:
     return apply_fn(x) if variables is None else apply_fn(variables, x)
-
-
-@functools.partial(jax.jit, static_argnames=("apply_fn", "scale", "flip"))
-def scale_logits(apply_fn: ApplyFn, variables: Any, inputs: jax.Array, *, scale: float,
-                 flip: bool = False) -> jax.Array:
-    """Logits of one scale, resized to the input's full size (one jitted call per scale).
-
-    Args:
-      apply_fn: `apply_fn(x)` (variables None) or `apply_fn(variables, x)`: float32[B, h, w, 3]
-        network input -> float[B, h', w', C] logits (any output stride).
-      variables: the network's variables, or None.
-      inputs: float32[B, H, W, 3] normalised full-size images.
-      scale: image scale (aspect kept): the network sees round(scale*H) x round(scale*W).
-      flip: also run the mirrored image and add its mirrored-back logits.
-
-    Returns:
-      float32[B, H, W, C].
-    """
-    _, h, w, _ = inputs.shape
-    x = resize_bilinear(inputs, (scaled_size(h, scale), scaled_size(w, scale)))
-    out = _call(apply_fn, variables, x)
-    if not hasattr(out, "ndim") or out.ndim != 4 or out.shape[0] != x.shape[0]:
-        raise ValueError(f"apply_fn must return logits float[B, h, w, C] for input "
-                         f"{tuple(x.shape)}, got {getattr(out, 'shape', type(out).__name__)}")
-    logits = resize_bilinear(out.astype(jnp.float32), (h, w))
-    if flip:
-        flipped = _call(apply_fn, variables, x[:, :, ::-1]).astype(jnp.float32)
-        logits = logits + resize_bilinear(flipped, (h, w))[:, :, ::-1]
-    return logits
 
 
 def multi_scale_logits(apply_fn: ApplyFn, images: jax.Array | np.ndarray, *,
                        variables: Any = None, scales: Sequence[float] = DEFAULT_SCALES,
                        flip: bool = False, normalize: Normalize = "caffe") -> jax.Array:
-    """Sum over scales (and flips) of full-size logits. images: [B, H, W, 3] -> float32[B, H, W, C].
+    """Sum over scales (and flips) of full-size logits of equal-size images (`canvas_logits`
+    with every image filling the canvas). images: [B, H, W, 3] -> float32[B, H, W, C].
 
-    `normalize` turns the RGB images into network input ("caffe", "imagenet", None, a function).
+    `normalize` turns the RGB images into network input ("caffe", "torchvision", None, ...).
     """
     images = jnp.asarray(images)
     if images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"images must be [B, H, W, 3] RGB, got shape {tuple(images.shape)}")
-    if not scales:
-        raise ValueError("scales must name at least one scale")
-    for s in scales:
-        if not s > 0:
-            raise ValueError(f"scales must be > 0, got {tuple(scales)}")
-    inputs = normalize_images(images, normalize)
-    total = None
-    for s in scales:
-        logits = scale_logits(apply_fn, variables, inputs, scale=float(s), flip=bool(flip))
-        total = logits if total is None else total + logits
-    return total
-
-
-def _interp_matrix(out_len: int, in_len: int, dst: jax.Array, src: jax.Array) -> jax.Array:
-    """float32[out_len, in_len]: bilinear resize of the first `src` of `in_len` samples onto the
-    first `dst` of `out_len` (half-pixel centres, edges clamped: OpenCV's INTER_LINEAR); rows from
-    `dst` on are zero. dst, src: int scalars (traced: one per image)."""
-    o = jnp.arange(out_len, dtype=jnp.float32)
-    src_f, dst_f = src.astype(jnp.float32), dst.astype(jnp.float32)
-    x = jnp.clip((o + 0.5) * (src_f / dst_f) - 0.5, 0.0, src_f - 1.0)
-    x0 = jnp.floor(x)
-    frac = x - x0
-    i0 = x0.astype(jnp.int32)
-    i1 = jnp.minimum(i0 + 1, src.astype(jnp.int32) - 1)
-    cols = jnp.arange(in_len)[None, :]
-    m = ((1.0 - frac)[:, None] * (cols == i0[:, None])
-         + frac[:, None] * (cols == i1[:, None]))
-    return jnp.where((o < dst_f)[:, None], m, 0.0)
-
-
-def _resize_region(x: jax.Array, out_hw: tuple[int, int], dst: jax.Array,
-                   src: jax.Array) -> jax.Array:
-    """Per image: x[b, :src_h, :src_w] resized bilinearly to [:dst_h, :dst_w] of an out_hw
-    canvas (zero elsewhere). x: float[B, H, W, C]; dst, src: int[B, 2]."""
-    def one(img, d, s):
-        my = _interp_matrix(out_hw[0], img.shape[0], d[0], s[0])
-        mx = _interp_matrix(out_hw[1], img.shape[1], d[1], s[1])
-        return jnp.einsum("oh,hwc,pw->opc", my, img, mx, precision=jax.lax.Precision.HIGHEST)
-    return jax.vmap(one)(x, dst, src)
+    hw = np.tile(np.asarray(images.shape[1:3], np.int32), (images.shape[0], 1))
+    return canvas_logits(apply_fn, images, hw, variables=variables, scales=scales, flip=flip,
+                         normalize=normalize)
 
 
 def _flip_region(x: jax.Array, width: jax.Array) -> jax.Array:
@@ -197,24 +130,28 @@ def _flip_region(x: jax.Array, width: jax.Array) -> jax.Array:
     return jnp.take_along_axis(x, idx[:, None, :, None], axis=2)
 
 
-@functools.partial(jax.jit, static_argnames=("apply_fn", "scale", "size", "flip"))
+@functools.partial(jax.jit, static_argnames=("apply_fn", "scale", "size", "flip", "scipy_edge"))
 def canvas_scale_logits(apply_fn: ApplyFn, variables: Any, inputs: jax.Array, hw: jax.Array,
                         fill: jax.Array, *, scale: float | None = None, size: int | None = None,
-                        flip: bool = False) -> jax.Array:
+                        flip: bool = False, scipy_edge: bool = True) -> jax.Array:
     """Logits of one scale for images padded at the top left of a canvas (see `canvas_logits`).
 
     Args:
-      apply_fn, variables: the network (see `scale_logits`).
+      apply_fn: `apply_fn(x)` (variables None) or `apply_fn(variables, x)`: float32[B, h, w, 3]
+        network input -> float[B, h', w', C] logits (any output stride).
+      variables: the network's variables, or None.
       inputs: float32[B, S, S', 3] normalised canvases; hw: int[B, 2] each image's real size.
       fill: float32[3] the network-input value of the padding (the normalised mean colour).
       scale: the real image resized to round(scale*h) x round(scale*w) (aspect kept), at the top
-        left of a ceil(scale*S) x ceil(scale*S') canvas; or
+        left of a round(scale*S) x round(scale*S') canvas; or
       size: the real image warped to size x size (aspect not kept).
       flip: also run the mirrored image and add its mirrored-back logits.
+      scipy_edge: reproduce scipy's zero last line for the size pairs where its zoom gives one
+        (`dsrg_jax.ops.resize`; the official scripts had it). False: the edge value.
 
     Returns:
       float32[B, S, S', C]: each image's logits (the part of the output grid its real region
-      covers) resized bilinearly to (h, w) at the top left; zero elsewhere.
+      covers) zoomed (scipy order 1, corner-aligned) to (h, w) at the top left; zero elsewhere.
     """
     _, big_h, big_w, _ = inputs.shape
     hw = hw.astype(jnp.int32)
@@ -222,9 +159,9 @@ def canvas_scale_logits(apply_fn: ApplyFn, variables: Any, inputs: jax.Array, hw
         side = (int(size), int(size))
         dst = jnp.full_like(hw, int(size))
     else:
-        side = (math.ceil(big_h * scale), math.ceil(big_w * scale))
+        side = (scaled_size(big_h, scale), scaled_size(big_w, scale))  # round: monotone
         dst = jnp.maximum(1, jnp.round(hw.astype(jnp.float32) * scale).astype(jnp.int32))
-    x = _resize_region(inputs, side, dst, hw)
+    x = zoom_region(inputs, side, dst, hw, scipy_edge=scipy_edge)
     inside = ((jnp.arange(side[0])[None, :, None] < dst[:, 0, None, None])
               & (jnp.arange(side[1])[None, None, :] < dst[:, 1, None, None]))
     x = jnp.where(inside[..., None], x, fill)
@@ -239,7 +176,8 @@ def canvas_scale_logits(apply_fn: ApplyFn, variables: Any, inputs: jax.Array, hw
         grid = jnp.asarray(out.shape[1:3], jnp.int32)
         # The output cells that cover the real (resized) image: ceil(grid * dst / side).
         cover = jnp.maximum(1, (grid * dst + canvas_side - 1) // canvas_side)
-        return _resize_region(out.astype(jnp.float32), (big_h, big_w), hw, cover)
+        return zoom_region(out.astype(jnp.float32), (big_h, big_w), hw, cover,
+                           scipy_edge=scipy_edge)
 
     logits = logits_of(x)
     if flip:
@@ -250,28 +188,29 @@ def canvas_scale_logits(apply_fn: ApplyFn, variables: Any, inputs: jax.Array, hw
 def canvas_logits(apply_fn: ApplyFn, images: jax.Array | np.ndarray, hw: jax.Array | np.ndarray,
                   *, variables: Any = None, scales: Sequence[float] | None = DEFAULT_SCALES,
                   sizes: Sequence[int] | None = None, flip: bool = False,
-                  normalize: Normalize = "caffe",
-                  fill: Sequence[float] = MEAN_RGB_UINT8) -> jax.Array:
+                  normalize: Normalize = "caffe", fill: Sequence[float] = MEAN_RGB_UINT8,
+                  scipy_edge: bool = True) -> jax.Array:
     """Multi-scale logits of a batch of images of different sizes, each at the top left of a
     canvas: the batch the training pipeline gives (and may shard over devices: the arrays keep
     their sharding, one jitted call per scale).
 
-    Unlike `multi_scale_logits` on the padded canvases (DeepLab's padding: the network sees the
-    canvas scaled), each image's real region is scaled on its own and padded after scaling, and
-    its logits come from the output cells its region covers: the result of an image does not
-    depend on the canvas it was padded to (up to the padding the network sees at the scaled
-    canvas' border).
+    Each image's real region is zoomed on its own (as the official scripts zoom each image) and
+    padded after scaling, and its logits come from the output cells its region covers: the
+    result of an image does not depend on the canvas it was padded to (up to the padding the
+    network sees at the scaled canvas' border; none when the image fills the canvas or is
+    warped to `sizes`).
 
     Args:
-      apply_fn, variables: the network (see `scale_logits`).
+      apply_fn, variables: the network (see `canvas_scale_logits`).
       images: [B, S, S', 3] RGB canvases, image b in [:h_b, :w_b].
       hw: int[B, 2] real sizes (h_b, w_b).
-      scales: image scales, aspect kept (the test protocol, DESIGN.md 2.5); or
-      sizes: sides the image is warped to, aspect not kept (the pseudo-label protocol, DESIGN.md
-        2.4: 241, 321, 401); exactly one of scales / sizes (sizes wins when given).
+      scales: image scales, aspect kept (the official test protocol: 0.75, 1, 1.25); or
+      sizes: sides the image is warped to, aspect not kept (the official pseudo-label protocol:
+        241, 321, 401); exactly one of scales / sizes (sizes wins when given).
       flip: add the mirrored image's logits at every scale.
       normalize: RGB -> network input (see `normalize_images`).
       fill: RGB colour of the padding of the scaled canvases (normalised like the images).
+      scipy_edge: see `canvas_scale_logits`.
 
     Returns:
       float32[B, S, S', C]: summed logits, image b's in [:h_b, :w_b], zero elsewhere.
@@ -295,7 +234,7 @@ def canvas_logits(apply_fn: ApplyFn, images: jax.Array | np.ndarray, hw: jax.Arr
     total = None
     for st in steps:
         logits = canvas_scale_logits(apply_fn, variables, inputs, hw, fill_in, flip=bool(flip),
-                                     **st)
+                                     scipy_edge=bool(scipy_edge), **st)
         total = logits if total is None else total + logits
     return total
 
@@ -316,18 +255,18 @@ def label_mask(image_labels: np.ndarray | None, num_classes: int, batch: int) ->
 def segment(apply_fn: ApplyFn, images: np.ndarray, *, variables: Any = None,
             scales: Sequence[float] = DEFAULT_SCALES, flip: bool = False,
             normalize: Normalize = "caffe", crf: bool = False,
-            crf_params: Mapping[str, Any] | None = None, crf_processes: int | None = None,
+            crf_params: CRFParams = TEST_CRF, crf_processes: int | None = None,
             image_labels: np.ndarray | None = None) -> Segmentation:
     """Multi-scale (+ flip) prediction of a batch, optionally refined by the full-size CRF.
 
     Args:
-      apply_fn, variables: the network (see `scale_logits`).
+      apply_fn, variables: the network (see `canvas_scale_logits`).
       images: uint8[B, H, W, 3] RGB (the CRF needs uint8 colours; with crf=False any dtype).
       scales: image scales (default 0.75, 1, 1.25).
       flip: add the mirrored image's logits at every scale.
       normalize: RGB -> network input ("caffe", "imagenet", None, or a function).
       crf: run pydensecrf2 at full resolution on softmax(logits) (unary -log P).
-      crf_params: overrides of the test-time CRF (`dsrg_jax.ops.crf.TEST_CRF`).
+      crf_params: the full-size CRF's parameters (default the official test-time CRF).
       crf_processes: CRF worker processes (None: every core; 1: serial).
       image_labels: optional bool[B, C]; when given, classes outside the image label get
         probability 0 (background always kept) before the CRF and the argmax. The official code
@@ -344,7 +283,7 @@ def segment(apply_fn: ApplyFn, images: np.ndarray, *, variables: Any = None,
 
 def finish(logits: jax.Array | np.ndarray, images: np.ndarray, *,
            image_labels: np.ndarray | None = None, crf: bool = False,
-           crf_params: Mapping[str, Any] | None = None,
+           crf_params: CRFParams = TEST_CRF,
            crf_processes: int | None = None) -> Segmentation:
     """Summed logits float[B, H, W, C] -> softmax, optional CRF, argmax (see `segment`).
 
@@ -362,8 +301,7 @@ def finish(logits: jax.Array | np.ndarray, images: np.ndarray, *,
         if images_np.dtype != np.uint8:
             raise TypeError(f"crf=True needs uint8 images (pydensecrf takes 0-255 colours), got "
                             f"{images_np.dtype}")
-        params = {**TEST_CRF, **dict(crf_params or {})}
-        q = dense_crf_host_batch(images_np, probs, processes=crf_processes, **params)
+        q = dense_crf_host_batch(images_np, probs, crf_params, processes=crf_processes)
         if allowed is not None:
             q = np.where(allowed[:, None, None, :], q, 0.0)
         out.update(probs_crf=q, labels_crf=np.argmax(q, axis=-1).astype(np.uint8))
@@ -379,18 +317,50 @@ def group_by_size(sizes: Sequence[tuple[int, int]], batch_size: int) -> list[lis
             for k in range(0, len(idx), batch_size)]
 
 
-def pad_to_canvas(images: Sequence[np.ndarray], canvas: int, *,
-                  fill: Sequence[int] = MEAN_RGB_UINT8) -> np.ndarray:
-    """Images uint8[h_i, w_i, 3] (h_i, w_i <= canvas) -> uint8[B, canvas, canvas, 3], each at the
-    top left, the rest filled with the mean colour (0 after Caffe mean subtraction), as DeepLab's
-    test-time padding."""
-    out = np.empty((len(images), canvas, canvas, 3), np.uint8)
-    out[:] = np.asarray(fill, np.uint8)
-    for i, im in enumerate(images):
-        h, w = im.shape[:2]
-        if h > canvas or w > canvas:
-            raise ValueError(f"image {i} is {h}x{w}, larger than the canvas {canvas}x{canvas}")
-        out[i, :h, :w] = im
+def segment_canvases(apply_fn: ApplyFn, images: jax.Array | np.ndarray,
+                     hw: jax.Array | np.ndarray, *, variables: Any = None,
+                     host_images: np.ndarray | None = None, host_hw: np.ndarray | None = None,
+                     image_labels: np.ndarray | None = None,
+                     scales: Sequence[float] | None = DEFAULT_SCALES,
+                     sizes: Sequence[int] | None = None, flip: bool = False,
+                     normalize: Normalize = "caffe", crf: bool = False,
+                     crf_params: CRFParams = TEST_CRF,
+                     crf_processes: int | None = None) -> list[Segmentation]:
+    """One `Segmentation` per image of a batch of padded canvases, cropped to its real size.
+
+    The one inference path (the pipeline's eval, pseudo-labels and test predictions, and
+    `predict_records`): `canvas_logits` (the batch may be sharded over devices), then per image
+    softmax, the full-size CRF (images of equal size go to the CRF pool together) and argmax.
+
+    Args:
+      apply_fn, variables, scales, sizes, flip, normalize: as `canvas_logits`.
+      images: [B, S, S', 3] RGB canvases (may be a global array over several hosts).
+      hw: int[B, 2] real sizes.
+      host_images, host_hw: this host's rows of `images` / `hw` as numpy (default: the arrays
+        themselves, one host); the CRF and the crops use them.
+      image_labels: optional bool[B', C] of this host's rows: restrict the argmax to them.
+      crf, crf_params, crf_processes: as `segment`.
+
+    Returns:
+      this host's segmentations (B' >= its images: rows padded for the devices come last),
+      arrays [h_i, w_i(, C)].
+    """
+    logits = to_host(canvas_logits(apply_fn, images, hw, variables=variables, scales=scales,
+                                   sizes=sizes, flip=flip, normalize=normalize))
+    host_images = np.asarray(images) if host_images is None else host_images
+    host_hw = np.asarray(hw) if host_hw is None else host_hw
+    n = len(host_images)
+    sizes_hw = [tuple(int(v) for v in host_hw[i]) for i in range(n)]
+    out: list = [None] * n
+    for group in group_by_size(sizes_hw, n):
+        h, w = sizes_hw[group[0]]
+        seg = finish(logits[group, :h, :w], host_images[group, :h, :w],
+                     image_labels=None if image_labels is None else image_labels[group],
+                     crf=crf, crf_params=crf_params, crf_processes=crf_processes)
+        for k, i in enumerate(group):
+            out[i] = Segmentation(**{
+                f.name: None if getattr(seg, f.name) is None else getattr(seg, f.name)[k]
+                for f in dataclasses.fields(seg)})
     return out
 
 
@@ -399,18 +369,19 @@ def predict_records(apply_fn: ApplyFn, records: Sequence[Any], *, variables: Any
                     out_dir: str | pathlib.Path | None = None, use_labels: bool = False,
                     scales: Sequence[float] = DEFAULT_SCALES, flip: bool = False,
                     normalize: Normalize = "caffe", crf: bool = False,
-                    crf_params: Mapping[str, Any] | None = None,
+                    crf_params: CRFParams = TEST_CRF,
                     crf_processes: int | None = None) -> dict[str, np.ndarray]:
     """Predicts every record (`dsrg_jax.data.Record`: image, labels) of a split.
 
-    Two ways to batch images of different sizes:
-      * canvas None: batches of equal-size images only (exact; one compile per size and scale).
-      * canvas S: every image padded to S x S with the mean colour (DeepLab's test-time padding;
-        VOC: 500), one compile per scale; the logits are cropped back to each image. Near the
-        padded border the network sees the padding, so results differ slightly from canvas None.
+    Two ways to batch images of different sizes (both through `segment_canvases`):
+      * canvas None: batches of equal-size images only (one compile per size and scale).
+      * canvas S: every image at the top left of an S x S canvas, one compile per scale; each
+        image is scaled on its own and its logits come from the output cells it covers, so its
+        result does not depend on the canvas (up to the padding the network sees at the scaled
+        canvas' border).
 
     Args:
-      apply_fn, variables: the network (see `scale_logits`).
+      apply_fn, variables: the network (see `canvas_logits`).
       records: records with `.image_id`, `.image` uint8[H, W, 3], `.labels` bool[C].
       batch_size: images per network call.
       canvas: see above.
@@ -422,39 +393,31 @@ def predict_records(apply_fn: ApplyFn, records: Sequence[Any], *, variables: Any
     Returns:
       {image_id: uint8[H, W]} final predictions (after the CRF if crf=True).
     """
-    from dsrg_jax.data.files import write_label_png
-
-    net = dict(variables=variables, scales=scales, flip=flip, normalize=normalize)
-    post = dict(crf=crf, crf_params=crf_params, crf_processes=crf_processes)
     out: dict[str, np.ndarray] = {}
-
-    def emit(recs, seg):
-        for r, pred in zip(recs, seg.final):
-            out[r.image_id] = pred
-            if out_dir is not None:
-                write_label_png(pathlib.Path(out_dir) / f"{r.image_id}.png", pred)
-
-    def labels_of(recs):
-        return np.stack([r.labels for r in recs]) if use_labels else None
-
     if canvas is None:
-        for batch in group_by_size([r.image.shape[:2] for r in records], batch_size):
-            recs = [records[i] for i in batch]
-            emit(recs, segment(apply_fn, np.stack([r.image for r in recs]),
-                               image_labels=labels_of(recs), **net, **post))
-        return out
-    for start in range(0, len(records), batch_size):
-        recs = list(records[start:start + batch_size])
-        for r in recs:
+        batches = group_by_size([r.image.shape[:2] for r in records], batch_size)
+    else:
+        for r in records:
             if max(r.image.shape[:2]) > canvas:
                 raise ValueError(f"image {r.image_id!r} is {r.image.shape[0]}x"
                                  f"{r.image.shape[1]}, larger than canvas={canvas}")
-        logits = np.asarray(multi_scale_logits(
-            apply_fn, pad_to_canvas([r.image for r in recs], canvas), **net))
-        # Crops of equal size go through softmax / CRF together (the CRF pool sees a batch).
-        for group in group_by_size([r.image.shape[:2] for r in recs], len(recs)):
-            h, w = recs[group[0]].image.shape[:2]
-            sub = [recs[i] for i in group]
-            emit(sub, finish(logits[group, :h, :w], np.stack([r.image for r in sub]),
-                             image_labels=labels_of(sub), **post))
+        batches = [list(range(s, min(s + batch_size, len(records))))
+                   for s in range(0, len(records), batch_size)]
+    for batch in batches:
+        recs = [records[i] for i in batch]
+        side = canvas or recs[0].image.shape[0]
+        side_w = canvas or recs[0].image.shape[1]
+        images = np.empty((len(recs), side, side_w, 3), np.uint8)
+        images[:] = np.asarray(MEAN_RGB_UINT8, np.uint8)
+        for k, r in enumerate(recs):
+            images[k, :r.image.shape[0], :r.image.shape[1]] = r.image
+        hw = np.array([r.image.shape[:2] for r in recs], np.int32)
+        labels = np.stack([r.labels for r in recs]) if use_labels else None
+        segs = segment_canvases(apply_fn, images, hw, variables=variables, image_labels=labels,
+                                scales=scales, flip=flip, normalize=normalize, crf=crf,
+                                crf_params=crf_params, crf_processes=crf_processes)
+        for r, seg in zip(recs, segs):
+            out[r.image_id] = seg.final
+            if out_dir is not None:
+                write_label_png(pathlib.Path(out_dir) / f"{r.image_id}.png", seg.final)
     return out

@@ -1,16 +1,18 @@
 """Data parallelism over every device of every host: a 1-D mesh, shardings, global batches.
 
-The pmap design in today's API (DESIGN.md 1, 3): `jax.jit` over a `Mesh` with axis "data",
+The pmap design in today's API: `jax.jit` over a `Mesh` with axis "data",
 parameters and optimiser state replicated (`P()`), batches sharded along their leading axis
 (`P("data")`); per-device work (region growing, the CRF, host callbacks) through `jax.shard_map`.
 The global batch is assembled from each host's share with `jax.make_array_from_process_local_data`.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -109,3 +111,43 @@ def to_host(x: jax.Array) -> np.ndarray:
             seen.add(start)
             rows.append(np.asarray(s.data))
     return np.concatenate(rows)
+
+
+def sum_over_processes(x: np.ndarray) -> np.ndarray:
+    """The sum of a host array over all processes (itself with one process)."""
+    if jax.process_count() == 1:
+        return np.asarray(x)
+    return np.asarray(multihost_utils.process_allgather(np.asarray(x))).sum(0)
+
+
+def gather_over_processes(x: np.ndarray) -> np.ndarray:
+    """Host arrays of every process (the same shape on each) concatenated along axis 0, in
+    process order."""
+    if jax.process_count() == 1:
+        return np.asarray(x)
+    return np.concatenate(list(multihost_utils.process_allgather(np.asarray(x))))
+
+
+def any_process(flag: bool) -> bool:
+    """Whether `flag` is true on any process (itself with one process)."""
+    if jax.process_count() == 1:
+        return bool(flag)
+    return bool(np.any(multihost_utils.process_allgather(np.asarray(bool(flag)))))
+
+
+def replicated_to_host(x: jax.Array) -> np.ndarray:
+    """A fully replicated (e.g. a jitted reduction's) array as numpy, on any process."""
+    return np.asarray(x.addressable_shards[0].data) if isinstance(x, jax.Array) else np.asarray(x)
+
+
+def broadcast_from_process0(x: np.ndarray) -> np.ndarray:
+    """Process 0's value of a host array on every process."""
+    if jax.process_count() == 1:
+        return np.asarray(x)
+    return np.asarray(multihost_utils.broadcast_one_to_all(np.asarray(x)))
+
+
+def sync_processes(name: str) -> None:
+    """Waits until every process reaches this point (no-op with one process)."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)

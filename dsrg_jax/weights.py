@@ -34,76 +34,15 @@ import numpy as np
 from flax import linen as nn
 from flax import traverse_util
 
+from dsrg_jax.convention import (
+    InputConvention,
+    get_input_convention,
+)
 from dsrg_jax.models.classifier import VGG16CAM
 from dsrg_jax.models.deeplab import DeepLabV2ResNet101, DeepLabV2VGG16
 from dsrg_jax.models.vgg16 import TORCHVISION_VGG16_INDEX
 
 PathLike = str | os.PathLike
-
-
-# --------------------------------------------------------------------------- input conventions
-
-
-@dataclasses.dataclass(frozen=True)
-class InputConvention:
-    """How images must be prepared for a set of weights.
-
-    Attributes:
-      name: "torchvision" or "caffe".
-      channel_order: "RGB" or "BGR": order of the model's input channels.
-      mean, std: per input channel (in `channel_order`), on the 0-255 scale.
-    """
-
-    name: str
-    channel_order: str
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-
-    def normalize(self, images: Any) -> Any:
-        """RGB images, 0-255: float[..., 3] -> model input float32[..., 3].
-
-        NumPy in, NumPy out (for host pipelines); JAX in, JAX out.
-        """
-        xp = jnp if isinstance(images, jax.Array) else np
-        x = xp.asarray(images, dtype=xp.float32)
-        if x.shape[-1] != 3:
-            raise ValueError(f"images: expected float[..., 3] RGB, got shape {x.shape}")
-        if self.channel_order == "BGR":
-            x = x[..., ::-1]
-        return (x - xp.asarray(self.mean, xp.float32)) / xp.asarray(self.std, xp.float32)
-
-    def denormalize(self, x: Any) -> Any:
-        """Inverse of `normalize`: model input float[..., 3] -> RGB 0-255 float32[..., 3]."""
-        xp = jnp if isinstance(x, jax.Array) else np
-        x = xp.asarray(x, dtype=xp.float32) * xp.asarray(self.std, xp.float32)
-        x = x + xp.asarray(self.mean, xp.float32)
-        return x[..., ::-1] if self.channel_order == "BGR" else x
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-# torchvision / timm ImageNet models: RGB in [0, 1], mean (0.485, 0.456, 0.406),
-# std (0.229, 0.224, 0.225) (torchvision.transforms docs), written here on the 0-255 scale.
-TORCHVISION = InputConvention(
-    "torchvision", "RGB", mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375)
-)
-# Caffe VGG16 / DeepLab / DSRG: BGR, 0-255, minus the mean (104, 117, 123) (DESIGN 2.2).
-CAFFE = InputConvention("caffe", "BGR", mean=(104.0, 117.0, 123.0), std=(1.0, 1.0, 1.0))
-# "imagenet" is the name `dsrg_jax.data.transforms.normalize` uses for the torchvision style.
-INPUT_CONVENTIONS: dict[str, InputConvention] = {
-    "torchvision": TORCHVISION, "imagenet": TORCHVISION, "caffe": CAFFE}
-
-
-def get_input_convention(name: str | InputConvention) -> InputConvention:
-    """`"torchvision"` (alias `"imagenet"`) or `"caffe"` (or an `InputConvention`) -> it."""
-    if isinstance(name, InputConvention):
-        return name
-    if name not in INPUT_CONVENTIONS:
-        raise ValueError(
-            f"input_convention: expected one of {sorted(INPUT_CONVENTIONS)}, got {name!r}"
-        )
-    return INPUT_CONVENTIONS[name]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,7 +7,7 @@ import json
 import pathlib
 import shutil
 
-from dsrg_jax.train.config import Config, override
+from dsrg_jax.config import Config, override
 
 # (row name, config changes). The "+ retrain" row is the main run itself.
 TABLE2 = (
@@ -32,8 +32,8 @@ def run_ablation(cfg: Config, workdir, *, num_devices: int | None = None) -> dic
     """Runs every row (dsrg + eval, retrain off) in workdir/ablation/<row>, reusing
     workdir/cues.npz and the pretrained trunk; writes workdir/ablation/results.json and
     prints a table."""
+    from dsrg_jax.pipeline import run
     from dsrg_jax.train.logging import is_writer, log
-    from dsrg_jax.train.stages import run
 
     workdir = pathlib.Path(workdir)
     if not (workdir / "cues" / "done.json").is_file():

@@ -19,7 +19,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    from dsrg_jax.train.data import COCO_HINT
+    from dsrg_jax.data.registry import COCO_HINT
     from experiments.configs.coco import get_config
 
     return common.dataset_main(args, get_config, COCO_HINT)

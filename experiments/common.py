@@ -1,16 +1,19 @@
-"""Shared CLI plumbing for the experiments: flags -> config overrides -> `stages.run`."""
+"""Shared CLI plumbing for the experiments: flags -> config overrides -> `pipeline.run`."""
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 import time
+import traceback
 
 STAGE_CHOICES = ("pretrain", "cues", "dsrg", "pseudo", "retrain", "eval", "all")
 
 
 def add_run_flags(p: argparse.ArgumentParser) -> None:
     """Flags every experiment has."""
+    add_distributed_flags(p)
     p.add_argument("--stage", default="all", choices=STAGE_CHOICES,
                    help="run one stage (its inputs must exist in the workdir) or all of them in "
                         "order; finished stages are skipped, interrupted ones resume")
@@ -20,6 +23,8 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
                    help="training steps of each training stage (pretrain, cues, dsrg, retrain)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="global batch of each training stage, whatever the device count")
+    p.add_argument("--debug", action="store_true",
+                   help="print the traceback of an error too (by default: one line)")
     p.add_argument("--num-devices", type=int, default=None,
                    help="use only the first N devices (default: all devices of all hosts)")
     p.add_argument("--predict-split", default=None, metavar="NAME",
@@ -34,8 +39,9 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
 
 
 def apply_run_flags(cfg, args):
-    """The config with the common flags applied."""
-    from dsrg_jax.train.config import override
+    """The config with the common flags applied; a value the config refuses (e.g. --max-steps
+    0) exits with one line naming the flag's field."""
+    from dsrg_jax.config import ConfigError, override
 
     changes = {}
     if args.seed is not None:
@@ -45,50 +51,104 @@ def apply_run_flags(cfg, args):
             changes[f"{stage}.optim.max_steps"] = args.max_steps
         if args.batch_size is not None:
             changes[f"{stage}.optim.batch_size"] = args.batch_size
-    return override(cfg, **changes) if changes else cfg
+    try:
+        return override(cfg, **changes) if changes else cfg.validate()
+    except ConfigError as e:
+        sys.exit(f"error: {e} (--max-steps / --batch-size / --seed)")
 
 
 def stages_of(args):
-    from dsrg_jax.train.stages import STAGES
+    from dsrg_jax.pipeline import STAGES
 
     return STAGES if args.stage == "all" else (args.stage,)
 
 
-def run_and_report(cfg, workdir, stages, num_devices=None, predict=None) -> dict:
-    """Prints the resolved config, runs the stages; signals, NaN and missing data -> one line
-    and an exit status (128 + signal after a save; 1 for errors)."""
+def _fail(error, debug: bool, exc: BaseException | None = None) -> None:
+    """One line on stderr and exit status 1 (with --debug, the traceback first)."""
+    if debug:
+        traceback.print_exception(exc or error)
+    print(f"error: {' '.join(str(error).split())}", file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
+def run_and_report(cfg, workdir, stages, num_devices=None, predict=None,
+                   args_debug: bool = False) -> dict:
+    """Prints the config in one line, runs the stages; signals, NaN, missing data, bad files,
+    a locked, read-only or full workdir -> one line and an exit status (128 + signal after a
+    save; 1 for errors; `args_debug`: also the traceback)."""
+    from dsrg_jax.config import ConfigError
     from dsrg_jax.data.records import DatasetError
-    from dsrg_jax.train.config import ConfigError
+    from dsrg_jax.pipeline import run
+    from dsrg_jax.train.checkpoint import CheckpointError
+    from dsrg_jax.train.lock import LockHeld
     from dsrg_jax.train.logging import log
     from dsrg_jax.train.loop import Preempted, TrainingDiverged
-    from dsrg_jax.train.stages import run
 
-    log("config:\n" + cfg.to_json())
+    log(cfg.summary() + f" (all fields: {workdir}/config.json)")
     t0 = time.perf_counter()
     try:
         out = run(cfg, workdir, stages=stages, num_devices=num_devices, predict=predict)
     except Preempted as e:
         print(str(e), file=sys.stderr, flush=True)
         sys.exit(128 + e.signum)
-    except (TrainingDiverged, DatasetError, ConfigError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        sys.exit(1)
+    except (TrainingDiverged, DatasetError, ConfigError, FileNotFoundError, CheckpointError,
+            LockHeld) as e:
+        _fail(e, args_debug)
+    except OSError as e:            # a read-only or full workdir, a vanished file system, ...
+        what = {errno.ENOSPC: "the disk is full", errno.EACCES: "permission denied",
+                errno.EROFS: "the file system is read-only"}.get(e.errno, e.strerror or str(e))
+        _fail(f"cannot write or read {e.filename or workdir}: {what}; nothing finished was lost "
+              f"(the last checkpoint and done stages stay): fix it and rerun the same command to "
+              f"resume", args_debug, e)
     log(f"total wall time {time.perf_counter() - t0:.1f} s")
     if "miou" in out:
         log("results: " + json.dumps({"miou": out["miou"]}))
     return out
 
 
-def init_tpu() -> None:
-    """jax.distributed.initialize() for a TPU pod slice; a clear error without a TPU."""
+def add_distributed_flags(p: argparse.ArgumentParser) -> None:
+    """Flags that make this process one of several JAX processes forming one device mesh."""
+    g = p.add_argument_group("several hosts (JAX multi-controller; every process runs the same "
+                             "command on a workdir all of them share)")
+    g.add_argument("--distributed", action="store_true",
+                   help="jax.distributed.initialize() with the cluster auto-detected (TPU pods, "
+                        "SLURM, Open MPI)")
+    g.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                   help="process 0's address, for any other cluster (with --num-processes and "
+                        "--process-id)")
+    g.add_argument("--num-processes", type=int, default=None, metavar="N")
+    g.add_argument("--process-id", type=int, default=None, metavar="I")
+
+
+def init_distributed(args) -> None:
+    """Starts JAX's multi-controller runtime as the flags ask (before any device is used)."""
     import jax
 
-    try:
-        jax.distributed.initialize()
-    except Exception as e:  # noqa: BLE001
-        sys.exit(f"error: --tpu: jax.distributed.initialize() failed ({e}); run on a TPU VM "
-                 f"with jax[tpu] installed, or drop --tpu")
-    if jax.devices()[0].platform != "tpu":
+    explicit = (args.coordinator, args.num_processes, args.process_id)
+    if any(v is not None for v in explicit) and None in explicit:
+        sys.exit("error: --coordinator, --num-processes and --process-id go together (got "
+                 f"{args.coordinator!r}, {args.num_processes!r}, {args.process_id!r})")
+    if getattr(args, "tpu", False) or args.distributed or args.coordinator:
+        kw = {}
+        if args.coordinator:
+            if not 0 <= args.process_id < args.num_processes:
+                sys.exit(f"error: --process-id must be in [0, {args.num_processes}), got "
+                         f"{args.process_id}")
+            kw = dict(coordinator_address=args.coordinator, num_processes=args.num_processes,
+                      process_id=args.process_id)
+            # Collectives between CPU devices of several processes (only CPU arrays use it).
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        flag = "--tpu" if getattr(args, "tpu", False) else (
+            "--coordinator" if args.coordinator else "--distributed")
+        try:
+            jax.distributed.initialize(**kw)
+        except Exception as e:  # noqa: BLE001  (any failure: one line)
+            hint = ("run on a TPU VM with jax[tpu] installed, or drop --tpu" if flag == "--tpu"
+                    else "check that every process runs the same command and reaches the "
+                         "coordinator")
+            sys.exit(f"error: {flag}: jax.distributed.initialize() failed "
+                     f"({' '.join(str(e).split())[:300]}); {hint}")
+    if getattr(args, "tpu", False) and jax.devices()[0].platform != "tpu":
         sys.exit(f"error: --tpu given but JAX found no TPU (devices: {jax.devices()}); "
                  f"install jax[tpu] on a TPU VM, or drop --tpu")
 
@@ -112,17 +172,23 @@ def dataset_parser(prog: str, description: str, data_help: str) -> argparse.Argu
                         "--init-weights with --backbone vgg16); needed with --backbone "
                         "resnet101 and --init-weights unless --cues is given")
     p.add_argument("--cues", default=None,
-                   help="official cue file (SEC/DSRG localization_cues.pickle[.gz]) or a "
-                        "dsrg_jax cues .npz; skips the CAM classifier (the published setup)")
+                   help="official cue file (DSRG's localization_cues-sal.pickle, the published "
+                        "setup, or SEC's localization_cues.pickle.gz) or a dsrg_jax cues .npz; "
+                        "skips the CAM classifier")
     p.add_argument("--labels-from", default=None, choices=("masks", "cues"),
                    help="image-level labels of the DSRG stage's train images: 'cues' = the cue "
-                        "file's (SEC's per-image labels, as the published DSRG trains; they "
+                        "file's per-image labels (as the published DSRG trains; they "
                         "differ from the masks' on a few images), 'masks' = the classes present "
                         "in the ground-truth masks (default: cues with --cues, else masks; the "
                         "CAM classifier always uses masks)")
     p.add_argument("--saliency-dir", default=None,
                    help="folder of greyscale saliency PNGs named <image id>.png for the "
                         "background cues (without it: low-CAM background)")
+    p.add_argument("--canvas", type=int, default=None, metavar="S",
+                   help="inference canvas side: images are padded to S x S to batch them "
+                        "(default 513 for VOC, 640 for COCO; every image must fit, checked at "
+                        "start); 0 = no canvas, batches of equal-size images (the official "
+                        "one-image-at-a-time protocol, slower)")
     p.add_argument("--eval-batch-size", type=int, default=None, metavar="N",
                    help="global batch of the pseudo-label and eval stages (default 10), rounded "
                         "up to a multiple of the device count")
@@ -131,25 +197,30 @@ def dataset_parser(prog: str, description: str, data_help: str) -> argparse.Argu
 
 
 def check_data(cfg, predict=None) -> None:
-    """The fast up-front check: the train and val id lists load and every image (and mask,
-    and saliency map) they name exists (and the images of split `predict`, if given); one
-    line naming the missing files, else silence.
+    """The up-front check, before any training: the train and val id lists load, every image
+    (and mask, and saliency map) they name exists, every image fits the inference canvas and
+    every mask holds valid class indices (and the images of split `predict`, if given); one
+    line naming the bad files, else silence.
     The full check that decodes every file: `python -m dsrg_jax.data.check`."""
-    from dsrg_jax.data.check import check_files
+    from dsrg_jax.data.check import check_files, check_sizes_and_masks
     from dsrg_jax.data.records import DatasetError
-    from dsrg_jax.train import data as D
+    from dsrg_jax.data.registry import get_dataset
     from dsrg_jax.train.logging import log
 
+    dataset = get_dataset(cfg.data.dataset)
     try:
         for split in ("train", "val"):
-            src = D.make_source(cfg, split, with_saliency=split == "train")
-            n = check_files(src, name=f"{cfg.data.dataset} {split}", max_listed=5)
-            log(f"data check: {cfg.data.dataset} {split}: {n} images, all files present")
+            src = dataset.source(cfg.data, split, with_saliency=split == "train")
+            name = f"{cfg.data.dataset} {split}"
+            n = check_files(src, name=name, max_listed=5)
+            check_sizes_and_masks(src, canvas=cfg.eval.canvas, num_classes=cfg.data.num_classes,
+                                  name=name)
+            log(f"data check: {name}: {n} images, all files present, sizes and masks valid")
         if predict is not None:
-            from dsrg_jax.train.stages import predict_source
-
-            n = check_files(predict_source(cfg, predict), name=f"{cfg.data.dataset} {predict}",
-                            max_listed=5)
+            src = dataset.images_of(cfg.data, predict)
+            n = check_files(src, name=f"{cfg.data.dataset} {predict}", max_listed=5)
+            check_sizes_and_masks(src, canvas=cfg.eval.canvas, num_classes=cfg.data.num_classes,
+                                  name=f"{cfg.data.dataset} {predict}")
             log(f"data check: {cfg.data.dataset} {predict}: {n} images, all files present")
     except DatasetError as e:
         sys.exit(f"error: {' / '.join(str(e).splitlines())}")
@@ -159,7 +230,7 @@ def dataset_main(args, get_config, data_hint: str) -> dict:
     """Checks the paths, starts the TPU runtime if asked, resolves the config and runs."""
     import pathlib
 
-    from dsrg_jax.train.config import override
+    from dsrg_jax.config import override
 
     if not pathlib.Path(args.data_dir).is_dir():
         sys.exit(f"error: data dir {args.data_dir} not found: {data_hint}")
@@ -178,8 +249,7 @@ def dataset_main(args, get_config, data_hint: str) -> dict:
                  "(vgg16-397923af.pth) with --cam-init-weights, or official cues with --cues")
     if args.eval_batch_size is not None and args.eval_batch_size <= 0:
         sys.exit(f"error: --eval-batch-size must be positive, got {args.eval_batch_size}")
-    if args.tpu:
-        init_tpu()
+    init_distributed(args)
     changes = {"data.data_dir": args.data_dir, "model.init_weights": args.init_weights,
                "model.classifier_init_weights": args.cam_init_weights,
                "data.saliency_dir": args.saliency_dir, "data.cues_file": args.cues,
@@ -189,7 +259,9 @@ def dataset_main(args, get_config, data_hint: str) -> dict:
         changes["data.input_convention"] = "torchvision"
     if args.eval_batch_size is not None:
         changes["pseudo.batch_size"] = changes["eval.batch_size"] = args.eval_batch_size
+    if args.canvas is not None:
+        changes["eval.canvas"] = args.canvas or None
     cfg = apply_run_flags(override(get_config(), **changes), args)
     check_data(cfg, args.predict_split)
     return run_and_report(cfg, args.workdir, stages_of(args), args.num_devices,
-                          predict=args.predict_split)
+                          predict=args.predict_split, args_debug=args.debug)

@@ -23,7 +23,7 @@ import numpy as np
 def cue_file_precision(cues_path, source, grid) -> dict:
     """Precision / coverage of a CueSet against the source's masks on `grid`."""
     from dsrg_jax.data.cues import load_cues
-    from dsrg_jax.train.data import grid_nearest
+    from dsrg_jax.data.transforms import grid_nearest
 
     cueset = load_cues(cues_path)
     fg_tp = fg_n = bg_tp = bg_n = gt_fg = gt_fg_cued = 0
@@ -51,12 +51,13 @@ def cue_file_precision(cues_path, source, grid) -> dict:
 
 def foreground_rule_sweep(exp, source, grid, rules) -> list[dict]:
     """Foreground precision / coverage of the CAM net's cues under each (rule, value)."""
+    from dsrg_jax.data.transforms import grid_nearest
     from dsrg_jax.ops.cam import seed_cues_from_cams
-    from dsrg_jax.train import stages as ST
+    from dsrg_jax.pipeline.cams import cams_of_batch
+    from dsrg_jax.pipeline.nets import load_trained
     from dsrg_jax.train import steps as S
-    from dsrg_jax.train.data import grid_nearest
 
-    model, variables, conv = ST.load_stage_variables(exp, "cues", "cam")
+    model, variables, conv = load_trained(exp, "cues")
     predict = S.make_predict(model, conv)
     recs = [source[i] for i in range(len(source))]
     labels = np.stack([r.labels for r in recs])
@@ -64,8 +65,8 @@ def foreground_rule_sweep(exp, source, grid, rules) -> list[dict]:
     cams = []
     for i in range(0, len(recs), 100):
         images = jnp.asarray(np.stack([r.image for r in recs[i:i + 100]]))
-        cams.append(np.asarray(ST._cams_of_batch(predict, variables, images,
-                                                 jnp.asarray(labels[i:i + 100, 1:]))))
+        cams.append(np.asarray(cams_of_batch(predict, variables, images,
+                                             jnp.asarray(labels[i:i + 100, 1:]))))
     cams = jnp.asarray(np.concatenate(cams))
     out = []
     for rule, value in rules:
@@ -86,9 +87,10 @@ def main(argv=None) -> dict:
     p.add_argument("--num-images", type=int, default=1000,
                    help="train images for the foreground-rule sweep (the cue file: all)")
     a = p.parse_args(argv)
+    from dsrg_jax.config import config_from_dict
     from dsrg_jax.data.digits import DigitsSource
-    from dsrg_jax.train.config import config_from_dict
-    from dsrg_jax.train.stages import Experiment
+    from dsrg_jax.pipeline import Experiment
+    from dsrg_jax.sharding import make_mesh
 
     workdir = pathlib.Path(a.workdir)
     done = workdir / "cues" / "done.json"
@@ -108,10 +110,7 @@ def main(argv=None) -> dict:
           f"{100 * q['bg_precision']:.1f}% of {q['bg_cells']}; digit cells covered "
           f"{100 * q['gt_fg_covered']:.1f}%; stroke area inside foreground cue cells "
           f"{100 * q['stroke_area_in_fg_cells']:.1f}%")
-    exp = Experiment(cfg, workdir.absolute(), None, None)
-    from dsrg_jax.sharding import make_mesh
-
-    exp.mesh = make_mesh(1)
+    exp = Experiment(cfg, workdir.absolute(), make_mesh(1), None)
     sweep_src = DigitsSource("train", num_images=min(a.num_images, len(train)), size=size)
     rules = [("relative", v) for v in (0.2, 0.4, 0.6, 0.8)] + \
             [("top_fraction", v) for v in (0.2, 0.1, 0.05)]

@@ -35,12 +35,13 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    common.init_distributed(args)
     from experiments.configs.digits import get_config
 
     cfg = common.apply_run_flags(get_config(quick=args.quick), args)
     workdir = args.workdir or ("runs/digits-quick" if args.quick else "runs/digits")
     out = common.run_and_report(cfg, workdir, common.stages_of(args), args.num_devices,
-                                predict=args.predict_split)
+                                predict=args.predict_split, args_debug=args.debug)
     if args.ablation:
         from experiments.ablation import run_ablation
 

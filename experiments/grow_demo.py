@@ -81,7 +81,8 @@ def main(argv=None) -> dict:
                      "grown cues (dsrg_grow)": grown[n]})
     args.workdir.mkdir(parents=True, exist_ok=True)
     figure = args.workdir / "growth.png"
-    viz.save_growth_figure(figure, rows, title="DSRG region growing on real SEC cue layouts (light: no cue)")
+    viz.save_growth_figure(figure, rows,
+                           title="DSRG region growing on real SEC cue layouts (light: no cue)")
     summary = {"cue_file": str(args.cues), "image_ids": [cue_set.ids[i] for i in indices],
                "cue_coverage": float(cues.any(-1).mean()),
                "grown_coverage": float(grown.any(-1).mean()),

@@ -9,17 +9,18 @@ from __future__ import annotations
 
 from experiments import common
 
-DATA_HELP = 'VOCdevkit root (containing VOCdevkit/VOC2012 or VOC2012) with SegmentationClassAug and ImageSets/SegmentationAug/train_aug.txt'
+DATA_HELP = ('VOCdevkit root (containing VOCdevkit/VOC2012 or VOC2012) with SegmentationClassAug '
+             'and ImageSets/SegmentationAug/train_aug.txt')
 
 
 def parse_args(argv=None):
-    return common.dataset_parser("python -m experiments.voc", "DSRG (CVPR 2018) on PASCAL VOC 2012.",
-                                 DATA_HELP).parse_args(argv)
+    return common.dataset_parser("python -m experiments.voc",
+                                 "DSRG (CVPR 2018) on PASCAL VOC 2012.", DATA_HELP).parse_args(argv)
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    from dsrg_jax.train.data import VOC_HINT
+    from dsrg_jax.data.registry import VOC_HINT
     from experiments.configs.voc import get_config
 
     return common.dataset_main(args, get_config, VOC_HINT)

@@ -97,7 +97,8 @@ A trained network's class probabilities would go here; these are smooth syntheti
 the cues (`synthetic_probs`), enough to see the rule at work: a pixel joins a cue's region when it
 is connected to it and the network gives that class more than `theta_fg` (0.85; background
 `theta_bg`, 0.99). The result is checked against the plain numpy/scipy version of the rules.'''),
-        v4.new_code_cell(r'''probs = synthetic_probs(cues, labels, np.random.default_rng(0))  # [B, 41, 41, 21]
+        v4.new_code_cell(
+            r'''probs = synthetic_probs(cues, labels, np.random.default_rng(0))  # [B, 41, 41, 21]
 grow = jax.jit(dsrg_jax.dsrg_grow, static_argnames=("theta_fg", "theta_bg"))
 grown = np.asarray(grow(probs, cues, labels))                      # bool[B, 41, 41, 21]
 grown_low = np.asarray(grow(probs, cues, labels, theta_fg=0.7))
@@ -130,7 +131,8 @@ viz.save_cue_growth_figure(
     ground_truth=gts, image_ids=ids, class_names=VOC_CLASSES,
     title="dsrg_grow on real SEC cue layouts")
 display(Image(str(WORKDIR / "quickstart_growth.png")))'''),
-        v4.new_markdown_cell(r'''Black: background cues; colours: object cues (VOC palette); light: no cue
+        v4.new_markdown_cell(
+            r'''Black: background cues; colours: object cues (VOC palette); light: no cue
 (unlabelled).
 The grown cues are the supervision of the balanced seed loss at this step; in training the
 network's own (CRF-refined) probabilities take the place of the synthetic maps, and growth
@@ -173,8 +175,9 @@ if done.returncode:
 results = json.loads((DIGITS_DIR / "results.json").read_text())
 for stage, miou in results["miou"].items():
     print(f"{stage:<8} val mIoU {100 * miou:5.1f}")'''),
-        v4.new_markdown_cell(r'''The run's own figures: the supervision growing during the dsrg stage (the paper's Fig. 1)
-and its precision / recall / IoU against the ground truth per epoch (Fig. 4).'''),
+        v4.new_markdown_cell(
+            r'''The run's own figures: the supervision growing during the dsrg stage (the paper's
+Fig. 1) and its precision / recall / IoU against the ground truth per epoch (Fig. 4).'''),
         v4.new_code_cell(r'''for name in ("growth.png", "supervision.png"):
     display(Image(str(DIGITS_DIR / "figures" / name)))'''),
         v4.new_markdown_cell(r'''## 4. Scores, predictions with and without the CRF
@@ -190,15 +193,15 @@ iou = [np.nan if v is None else 100 * v for v in final["iou_per_class"]]
 viz.save_class_iou_bars(WORKDIR / "digits_iou.png", iou, DIGIT_CLASSES,
                         title="digits val: IoU per class (retrained net, multi-scale + CRF)")
 display(Image(str(WORKDIR / "digits_iou.png")))'''),
-        v4.new_code_cell(r'''from dsrg_jax.train import stages
-from dsrg_jax.train.config import config_from_dict
-from dsrg_jax.train.data import make_source
+        v4.new_code_cell(r'''from dsrg_jax.config import config_from_dict
+from dsrg_jax.pipeline import Experiment
+from dsrg_jax.pipeline.nets import load_trained
 
 cfg = config_from_dict(json.loads((DIGITS_DIR / "config.json").read_text()))
-exp = stages.Experiment.create(cfg, DIGITS_DIR)
-model, variables, convention = stages.load_stage_variables(exp, "retrain", "seg", 2)
+exp = Experiment.create(cfg, DIGITS_DIR)
+model, variables, convention = load_trained(exp, "retrain")
 
-val = make_source(cfg, "val", with_saliency=False)   # the run's val split
+val = exp.dataset.source(cfg.data, "val", with_saliency=False)   # the run's val split
 records = [val[i] for i in range(4)]
 seg = inference.segment(lambda v, x: model.apply(v, x, train=False),
                         np.stack([r.image for r in records]), variables=variables,

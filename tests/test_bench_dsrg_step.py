@@ -33,8 +33,8 @@ def bench():
 @pytest.fixture(scope="module")
 def tiny(bench):
     """A narrow SmallDeepLab on digits warped to 32x32 (grid 9x9), batch 3, synthetic cues."""
-    from dsrg_jax.train.config import DSRGConfig, OptimConfig
-    from dsrg_jax.train.small_models import SmallDeepLab
+    from dsrg_jax.config import DSRGConfig, OptimConfig
+    from dsrg_jax.models.small import SmallDeepLab
     from dsrg_jax.weights import get_input_convention
 
     model = SmallDeepLab(11, widths=(8, 16, 16), head_width=16, dilations=(1, 2))

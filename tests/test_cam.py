@@ -1,4 +1,4 @@
-"""CAMs and seed cues from CAMs + saliency against numpy formulas (DESIGN.md 2.1)."""
+"""CAMs and seed cues from CAMs + saliency against numpy formulas."""
 import numpy as np
 import pytest
 

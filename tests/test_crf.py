@@ -1,4 +1,4 @@
-"""Dense CRF (issue 3): the JAX CRF on the training grid and the pydensecrf2 host CRF.
+"""Dense CRF: the JAX CRF on the training grid and the pydensecrf2 host CRF.
 
 Oracles: pydensecrf2 itself (called directly here), a float64 numpy mean field with explicit
 Gaussian kernels written here from the model's definition, `scipy.ndimage.zoom` for the official
@@ -7,6 +7,7 @@ Photographs: scikit-image's sample images and, if present, the real VOC images i
 """
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 
 import jax
@@ -17,6 +18,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from scipy import ndimage
 
+from dsrg_jax import crf_host
 from dsrg_jax.ops import crf
 
 dcrf = pytest.importorskip("pydensecrf.densecrf")
@@ -47,9 +49,11 @@ def to_grid(image: np.ndarray) -> np.ndarray:
 
 
 def pydensecrf_direct(image, probs, *, unary, bi_w, bi_xy, bi_rgb, pos_w, pos_xy, iterations,
-                      min_prob=0.0):
-    """A plain pydensecrf2 call (the library's documented usage), float32[H, W, C]."""
+                      min_prob=0.0, unary_floor=0.0):
+    """A plain pydensecrf2 call (the library's documented usage), float32[H, W, C]; the input
+    floored at `unary_floor` first, as the official layers do."""
     h, w, c = probs.shape
+    probs = np.maximum(probs, np.float32(unary_floor))
     energy = -probs if unary == "prob" else -np.log(np.maximum(probs, np.finfo(np.float32).tiny))
     d = dcrf.DenseCRF2D(w, h, c)
     d.setUnaryEnergy(np.ascontiguousarray(energy.reshape(-1, c).T, dtype=np.float32))
@@ -98,7 +102,7 @@ def voc_photos(voc_mini: pathlib.Path) -> np.ndarray:
 # The JAX CRF against pydensecrf2.
 # ------------------------------------------------------------------------------------------------
 
-TRAIN = {**crf.TRAIN_CRF, **RAW}
+TRAIN = {**dataclasses.asdict(crf.TRAIN_CRF), **RAW}
 TRAIN_LOGPROB = {**TRAIN, "unary": "logprob"}
 
 
@@ -106,7 +110,8 @@ TRAIN_LOGPROB = {**TRAIN, "unary": "logprob"}
 def test_lattice_crf_reproduces_pydensecrf2_on_photographs(photos, params):
     probs = smooth_probs(np.random.default_rng(0), len(photos), GRID, GRID, C)
     ref = np.stack([pydensecrf_direct(i, p, **params) for i, p in zip(photos, probs)])
-    q = in_chunks(lambda i, p: crf.dense_crf(i, p, kernel="lattice", **params), photos, probs)
+    q = in_chunks(lambda i, p: crf.dense_crf(i, p, crf.CRFParams(**params), kernel="lattice"),
+                  photos, probs)
     agree, mean_diff, max_diff = agreement(q, ref)
     # The same lattice (bit-exact structure); only float rounding differs (summation order, FMA,
     # exp): measured mean |dQ| < 1e-8, max < 1e-4.
@@ -119,7 +124,8 @@ def test_lattice_crf_reproduces_pydensecrf2_on_photographs(photos, params):
 def test_lattice_crf_reproduces_pydensecrf2_on_voc_images(voc_photos, params):
     probs = smooth_probs(np.random.default_rng(1), len(voc_photos), GRID, GRID, C)
     ref = np.stack([pydensecrf_direct(i, p, **params) for i, p in zip(voc_photos, probs)])
-    q = in_chunks(lambda i, p: crf.dense_crf(i, p, kernel="lattice", **params), voc_photos, probs)
+    q = in_chunks(lambda i, p: crf.dense_crf(i, p, crf.CRFParams(**params), kernel="lattice"),
+                  voc_photos, probs)
     agree, mean_diff, max_diff = agreement(q, ref)
     assert agree >= 0.999, agree
     assert mean_diff <= 1e-6, mean_diff
@@ -130,9 +136,9 @@ def test_lattice_crf_reproduces_pydensecrf2_on_a_non_square_grid_at_test_time_wi
     photos = [skdata.coffee(), skdata.rocket()]                 # landscape photographs
     images = np.stack([cv2.resize(p, (45, 29), interpolation=cv2.INTER_AREA) for p in photos])
     probs = smooth_probs(np.random.default_rng(9), 2, 29, 45, 5)
-    params = {**crf.TEST_CRF}                                   # logprob, 80 px, 13, 3 px
+    params = dataclasses.asdict(crf.TEST_CRF)                   # logprob, 80 px, 13, 3 px
     ref = np.stack([pydensecrf_direct(i, p, **params) for i, p in zip(images, probs)])
-    agree, mean_diff, max_diff = agreement(np.asarray(crf.dense_crf(images, probs, **params)),
+    agree, mean_diff, max_diff = agreement(np.asarray(crf.dense_crf(images, probs, crf.TEST_CRF)),
                                            ref)
     assert agree >= 0.999, agree
     assert mean_diff <= 1e-6, mean_diff
@@ -146,14 +152,14 @@ def test_exact_crf_is_close_to_pydensecrf2_lattice(photos, params, min_agree):
     # self weight is larger); measured 0.93 / 0.97 argmax agreement, 0.007 / 0.003 mean |dQ|.
     probs = smooth_probs(np.random.default_rng(0), len(photos), GRID, GRID, C)
     ref = np.stack([pydensecrf_direct(i, p, **params) for i, p in zip(photos, probs)])
-    q = np.asarray(crf.dense_crf(photos, probs, kernel="exact", **params))
+    q = np.asarray(crf.dense_crf(photos, probs, crf.CRFParams(**params), kernel="exact"))
     agree, mean_diff, _ = agreement(q, ref)
     assert agree >= min_agree, agree
     assert mean_diff <= 0.03, mean_diff
 
 
 def numpy_mean_field(image, probs, *, unary, bi_w, bi_xy, bi_rgb, pos_w, pos_xy, iterations,
-                     min_prob=0.0):
+                     min_prob=0.0, unary_floor=0.0):
     """Textbook mean field in float64: explicit kernels, symmetric normalisation, Potts."""
     h, w, c = probs.shape
     yy, xx = np.mgrid[:h, :w]
@@ -166,7 +172,7 @@ def numpy_mean_field(image, probs, *, unary, bi_w, bi_xy, bi_rgb, pos_w, pos_xy,
 
     kb = normalised_kernel(np.concatenate([pos / bi_xy, image.reshape(-1, 3) / bi_rgb], 1))
     kg = normalised_kernel(pos / pos_xy)
-    p = probs.reshape(-1, c).astype(np.float64)
+    p = np.maximum(probs.reshape(-1, c).astype(np.float64), unary_floor)
     u = -p if unary == "prob" else -np.log(p)
 
     def softmax(x):
@@ -186,14 +192,15 @@ def test_exact_crf_is_the_exact_mean_field(unary):
     probs = smooth_probs(rng, 2, 9, 12, 4, sigma=1.0)
     params = dict(unary=unary, bi_w=10.0, bi_xy=3.0, bi_rgb=13.0, pos_w=3.0, pos_xy=1.5,
                   iterations=5)
-    q = np.asarray(crf.dense_crf(images, probs, kernel="exact", min_prob=0.0, **params))
+    q = np.asarray(crf.dense_crf(images, probs, crf.CRFParams(min_prob=0.0, **params),
+                                   kernel="exact"))
     ref = np.stack([numpy_mean_field(i, p, **params) for i, p in zip(images, probs)])
     np.testing.assert_allclose(q, ref, atol=2e-5)
 
 
 def test_output_is_floored_and_renormalised_as_the_official_layer(photos):
     probs = smooth_probs(np.random.default_rng(3), len(photos), GRID, GRID, C)
-    raw = np.asarray(crf.dense_crf(photos, probs, kernel="exact", **RAW), np.float64)
+    raw = np.asarray(crf.dense_crf(photos, probs, crf.CRFParams(**RAW), kernel="exact"), np.float64)
     q = np.asarray(crf.dense_crf(photos, probs, kernel="exact"))   # default min_prob = 1e-4
     # pylayers.py CRFLayer: result[result < min_prob] = min_prob; result /= result.sum(classes).
     ref = raw.copy()
@@ -224,7 +231,7 @@ def caffe_input(rgb: np.ndarray) -> np.ndarray:
 
 def test_downsample_image_reproduces_the_official_zoom():
     photos = [skdata.astronaut(), skdata.coffee(), skdata.chelsea()]
-    # The training input: the whole image warped to 321x321 (DESIGN 2.3).
+    # The official training input: the whole image warped to 321x321.
     batch = np.stack([caffe_input(cv2.resize(p, (321, 321))) for p in photos])
     ours = np.asarray(crf.downsample_image(batch, (GRID, GRID)))
     np.testing.assert_array_equal(ours, official_downsample(batch, GRID))
@@ -277,10 +284,10 @@ def test_constrain_loss_gradient_passes_through_the_crf_as_official(photos):
 def test_host_wrapper_is_a_direct_pydensecrf2_call(params):
     image = cv2.resize(skdata.coffee(), (120, 80))            # full resolution: any size
     probs = smooth_probs(np.random.default_rng(5), 1, 80, 120, 5)[0]
-    ours = crf.dense_crf_host(image, probs, **params)
-    ref = pydensecrf_direct(image, probs, **params)
-    if params["min_prob"] > 0:
-        ref = np.maximum(ref, params["min_prob"])
+    ours = crf_host.dense_crf_host(image, probs, params)
+    ref = pydensecrf_direct(image, probs, **dataclasses.asdict(params))
+    if params.min_prob > 0:
+        ref = np.maximum(ref, params.min_prob)
         ref /= ref.sum(-1, keepdims=True)
     np.testing.assert_array_equal(ours, ref)
     assert ours.dtype == np.float32 and ours.shape == probs.shape
@@ -289,13 +296,13 @@ def test_host_wrapper_is_a_direct_pydensecrf2_call(params):
 def test_host_batch_in_a_process_pool_equals_serial(photos):
     probs = smooth_probs(np.random.default_rng(6), len(photos), GRID, GRID, C)
     try:
-        parallel = crf.dense_crf_host_batch(photos, probs, processes=2, **crf.TRAIN_CRF)
+        parallel = crf_host.dense_crf_host_batch(photos, probs, crf.TRAIN_CRF, processes=2)
     finally:
-        crf.shutdown_pools()
-    serial = crf.dense_crf_host_batch(photos, probs, processes=1, **crf.TRAIN_CRF)
+        crf_host.shutdown_pools()
+    serial = crf_host.dense_crf_host_batch(photos, probs, crf.TRAIN_CRF, processes=1)
     np.testing.assert_array_equal(parallel, serial)
     np.testing.assert_array_equal(
-        serial[2], crf.dense_crf_host(photos[2], probs[2], **crf.TRAIN_CRF))
+        serial[2], crf_host.dense_crf_host(photos[2], probs[2], crf.TRAIN_CRF))
 
 
 def test_host_crf_inside_shard_map_stays_sharded_and_matches(photos):
@@ -308,15 +315,15 @@ def test_host_crf_inside_shard_map_stays_sharded_and_matches(photos):
 
     @jax.jit
     def step(images, probs):
-        return crf.sharded_dense_crf_host(images, probs, mesh=mesh, **crf.TRAIN_CRF)
+        return crf_host.sharded_dense_crf_host(images, probs, crf.TRAIN_CRF, mesh=mesh)
 
     q = step(images_d, probs_d)
     assert q.sharding.is_equivalent_to(sharding, q.ndim)
     np.testing.assert_array_equal(
-        np.asarray(q), crf.dense_crf_host_batch(images, probs, processes=1, **crf.TRAIN_CRF))
+        np.asarray(q), crf_host.dense_crf_host_batch(images, probs, crf.TRAIN_CRF, processes=1))
     # No gradient through the host CRF (it is a constant of the loss), and no tracing error.
     grad = jax.jit(jax.grad(lambda p: jnp.sum(
-        crf.sharded_dense_crf_host(images_d, p, mesh=mesh, **crf.TRAIN_CRF) * p)))(probs_d)
+        crf_host.sharded_dense_crf_host(images_d, p, crf.TRAIN_CRF, mesh=mesh) * p)))(probs_d)
     np.testing.assert_allclose(np.asarray(grad), np.asarray(q), rtol=1e-6)
 
 
@@ -324,9 +331,11 @@ def test_jax_crf_on_a_sharded_batch_equals_unsharded(photos):
     mesh = Mesh(np.array(jax.devices()[:CHUNK]), ("data",))   # one image per device
     probs = smooth_probs(np.random.default_rng(0), len(photos), GRID, GRID, C)
     sharding = NamedSharding(mesh, P("data"))
-    q = crf.dense_crf(jax.device_put(photos, sharding), jax.device_put(probs, sharding), **TRAIN)
+    q = crf.dense_crf(jax.device_put(photos, sharding), jax.device_put(probs, sharding),
+                      crf.CRFParams(**TRAIN))
     assert q.sharding.is_equivalent_to(sharding, q.ndim)
-    np.testing.assert_allclose(np.asarray(q), np.asarray(crf.dense_crf(photos, probs, **TRAIN)),
+    np.testing.assert_allclose(np.asarray(q),
+                               np.asarray(crf.dense_crf(photos, probs, crf.CRFParams(**TRAIN))),
                                atol=1e-4)   # float rounding of differently compiled programs
 
 
@@ -367,12 +376,11 @@ def test_auto_kernel_runs_the_resolved_kernel():
 
 def test_train_config_defaults_to_the_official_lattice_and_digits_to_auto():
     """VOC/COCO train with the CRF the official code ran; the CPU digits run picks by size."""
-    from dsrg_jax.train.config import DSRGConfig
-    from dsrg_jax.train.steps import crf_params
+    from dsrg_jax.config import DSRGConfig
     from experiments.configs.digits import get_config
 
-    assert crf_params(DSRGConfig())["kernel"] == "lattice"
-    assert crf_params(get_config().dsrg)["kernel"] == "auto"
+    assert DSRGConfig().crf_kernel == "lattice" and DSRGConfig().crf == crf.TRAIN_CRF
+    assert get_config().dsrg.crf_kernel == "auto"
 
 
 @pytest.mark.parametrize("images, probs, kwargs, error, name", [
@@ -382,19 +390,25 @@ def test_train_config_defaults_to_the_official_lattice_and_digits_to_auto():
      "probs"),
     (np.zeros((1, 5, 5, 3), np.uint8), np.ones((5, 5, 2), np.float32), {}, ValueError, "probs"),
     (np.zeros((1, 5, 5, 3), np.uint8), np.ones((1, 5, 5, 2), np.int32), {}, TypeError, "probs"),
-    (np.zeros((1, 5, 5, 3), np.uint8), np.ones((1, 5, 5, 2), np.float32), {"unary": "log"},
-     ValueError, "unary"),
     (np.zeros((1, 5, 5, 3), np.uint8), np.ones((1, 5, 5, 2), np.float32), {"kernel": "fast"},
      ValueError, "kernel"),
-    (np.zeros((1, 5, 5, 3), np.uint8), np.ones((1, 5, 5, 2), np.float32), {"bi_xy": 0.0},
-     ValueError, "bi_xy"),
+    (np.zeros((1, 5, 5, 3), np.uint8), np.ones((1, 5, 5, 2), np.float32), {"params": {}},
+     TypeError, "params"),
 ])
 def test_bad_arguments_are_named(images, probs, kwargs, error, name):
     with pytest.raises(error, match=f"`{name}`"):
         crf.dense_crf(images, probs, **kwargs)
     if "kernel" not in kwargs and np.ndim(probs) == 4:
         with pytest.raises(error, match=f"`{name}`"):
-            crf.dense_crf_host_batch(images, probs, processes=1, **kwargs)
+            crf_host.dense_crf_host_batch(images, probs, processes=1, **kwargs)
+
+
+@pytest.mark.parametrize("field, value, error", [
+    ("unary", "log", ValueError), ("bi_xy", 0.0, ValueError), ("iterations", -1, ValueError),
+    ("pos_w", float("nan"), TypeError), ("unary_floor", 1.0, ValueError)])
+def test_bad_crf_parameters_are_named_when_built(field, value, error):
+    with pytest.raises(error, match=f"CRFParams.{field}"):
+        crf.TRAIN_CRF.replace(**{field: value})
 
 
 @pytest.mark.parametrize("axis_type", ["explicit", "auto"])

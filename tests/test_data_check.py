@@ -6,7 +6,8 @@ import pytest
 from PIL import Image
 
 from dsrg_jax.data import fake
-from dsrg_jax.data.check import check_dataset, check_files, main as check_main
+from dsrg_jax.data.check import check_dataset, check_files
+from dsrg_jax.data.check import main as check_main
 from dsrg_jax.data.files import write_id_list
 from dsrg_jax.data.records import DatasetError
 from dsrg_jax.data.voc import VOCSource, derive_cls_labels, save_cls_labels

@@ -30,7 +30,7 @@ class CountingSource:
         return []
 
 
-TF = T.dsrg_transform(size=8, cue_size=None, fields=("image", "labels"))
+TF = T.warp_transform(size=8, cue_size=None, fields=("image", "labels"))
 
 
 def _pipe(src, **kw):
@@ -118,7 +118,7 @@ def test_mixed_sizes_without_warp_name_the_images():
 
 def test_digits_flow_through_the_dsrg_transform():
     src = DigitsSource("val", num_images=12, size=64)
-    tf = T.dsrg_transform(size=65, cue_size=None, fields=("image", "labels", "mask"))
+    tf = T.warp_transform(size=65, cue_size=None, fields=("image", "labels", "mask"))
     with _pipe(src, transform=tf) as p:
         b = next(p)
     assert b["image"].shape == (4, 65, 65, 3) and b["image"].dtype == np.uint8
@@ -134,7 +134,7 @@ def test_inference_batch_rounded_for_four_hosts_covers_every_image_once_padding_
     """An eval/pseudo batch of 10 on 4 hosts x 1 device: rounded up to 12, each host gets 3
     rows per batch, the padding rows are marked invalid, and the valid rows are every image
     exactly once."""
-    from dsrg_jax.train.stages import inference_batch
+    from dsrg_jax.pipeline.splits import inference_batch
 
     batch = inference_batch(10, num_devices=4, process_count=4)
     assert batch == 12

@@ -36,7 +36,7 @@ def test_hflip_flips_all_fields_together():
 @pytest.mark.parametrize("seed", range(6))
 def test_dsrg_transform_keeps_cues_on_the_image_content(seed):
     rec = _record()
-    out = T.dsrg_transform(size=40, cue_size=10, fields=("image", "cues", "mask", "saliency"))(
+    out = T.warp_transform(size=40, cue_size=10, fields=("image", "cues", "mask", "saliency"))(
         rec, np.random.default_rng(seed))
     assert out["image"].shape == (40, 40, 3) and out["cues"].shape == (10, 10, 5)
     # Independent check: in whichever orientation, class-3 cues sit where the image is white and
@@ -83,10 +83,19 @@ def test_multi_scale_sizes():
     assert [r.mask.shape for r in T.warp_sizes(rec)] == [(241, 241), (321, 321), (401, 401)]
 
 
-def test_normalize_caffe_is_bgr_minus_mean():
+def test_one_caffe_mean_for_training_inference_and_the_crf():
+    """Training (the weights' convention), the public inference and the CRF's image all use the
+    official prototxts' mean pixel (104, 117, 123), BGR."""
+    from dsrg_jax import convention, inference, weights
+    from dsrg_jax.ops import crf
+
     img = np.array([[[10, 20, 30]]], np.uint8)
-    np.testing.assert_allclose(T.normalize(img, "caffe")[0, 0],
-                               [30 - 104.008, 20 - 116.669, 10 - 122.675], rtol=1e-6)
+    expected = [30 - 104, 20 - 117, 10 - 123]
+    np.testing.assert_array_equal(weights.get_input_convention("caffe").normalize(img)[0, 0],
+                                  expected)
+    np.testing.assert_array_equal(
+        np.asarray(inference.normalize_images(img[None], "caffe"))[0, 0, 0], expected)
+    assert crf.CAFFE_MEAN_BGR == convention.CAFFE.mean == (104.0, 117.0, 123.0)
 
 
 def test_sources_take_cues_from_a_cue_set_like_mapping(tmp_path):
@@ -103,7 +112,7 @@ def test_sources_take_cues_from_a_cue_set_like_mapping(tmp_path):
     src = VOCSource(tmp_path / "VOCdevkit", "train", cues=cue_set)
     np.testing.assert_array_equal(src[0].cues, cue)
     assert src[1].cues is None
-    out = T.dsrg_transform(321, 41, fields=("image", "cues"), flip=False)(src[0], None)
+    out = T.warp_transform(321, 41, fields=("image", "cues"), flip=False)(src[0], None)
     np.testing.assert_array_equal(out["cues"], cue)
     with pytest.raises(Exception, match="2007_000002.*needs 'cues'"):
-        T.dsrg_transform(321, 41)(src[1], np.random.default_rng(0))
+        T.warp_transform(321, 41)(src[1], np.random.default_rng(0))

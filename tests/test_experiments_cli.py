@@ -3,7 +3,6 @@ import pytest
 
 from dsrg_jax.data import fake
 from dsrg_jax.data.files import write_id_list
-
 from experiments import coco, digits, voc
 
 
@@ -62,7 +61,7 @@ def captured(monkeypatch):
 
     got = {}
     monkeypatch.setattr(common, "run_and_report",
-                        lambda cfg, workdir, stages, num_devices=None, predict=None:
+                        lambda cfg, workdir, stages, num_devices=None, predict=None, **kw:
                         got.update(cfg=cfg, predict=predict))
     return got
 
@@ -131,3 +130,15 @@ def test_predict_split_is_checked_up_front_and_reaches_the_run(voc_dir, tmp_path
     (jpegs / "2011_000007.jpg").write_bytes((jpegs / f"{VAL[0]}.jpg").read_bytes())
     voc.main(base + ["--predict-split", "test"])
     assert captured["predict"] == "test"
+
+
+@pytest.mark.parametrize("flags, field", [(["--max-steps", "0"], "max_steps"),
+                                          (["--max-steps", "-3"], "max_steps"),
+                                          (["--batch-size", "0"], "batch_size")])
+def test_step_counts_and_batches_are_refused_before_anything_runs(tmp_path, flags, field):
+    """--max-steps 0 used to mark stages done with no checkpoint; now one line, nothing run."""
+    with pytest.raises(SystemExit) as e:
+        digits.main(["--workdir", str(tmp_path / "w"), *flags])
+    msg = str(e.value.code)
+    assert msg.startswith("error: ") and field in msg and ">= 1" in msg and "\n" not in msg
+    assert not (tmp_path / "w").exists()

@@ -4,6 +4,7 @@ import json
 import os
 import pathlib
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -96,20 +97,22 @@ def test_evaluate_cli_reproduces_the_eval_miou(quick_run, tmp_path):
 
 
 def test_predict_split_writes_the_eval_stage_predictions(quick_run, tmp_path):
-    """`stages.predict_split` (the `--predict-split` flag) on val: one palette PNG per image at
-    the image's size, equal to the eval stage's PNGs (same net, same settings, no masks read)."""
+    """`pipeline.predict.predict_split` (the `--predict-split` flag) on val: one palette PNG per
+    image at the image's size, equal to the eval stage's PNGs (same net, same settings, no masks
+    read)."""
     import numpy as np
 
+    from dsrg_jax.config import config_from_dict
+    from dsrg_jax.pipeline import Experiment
+    from dsrg_jax.pipeline.predict import predict_dir, predict_split
     from dsrg_jax.sharding import make_mesh
-    from dsrg_jax.train import stages
-    from dsrg_jax.train.config import config_from_dict
 
     workdir, _ = quick_run
     cfg = config_from_dict(json.loads((workdir / "config.json").read_text()))
-    exp = stages.Experiment(cfg, workdir, make_mesh(None), writer=None)
-    info = stages.predict_split(exp, split_name="val", out_dir=tmp_path / "pred")
+    exp = Experiment(cfg, workdir, make_mesh(None), writer=None)
+    info = predict_split(exp, split_name="val", out_dir=tmp_path / "pred")
     assert info["num_images"] == 100 and info["stage"] == "retrain"
-    assert stages.predict_dir(exp, "val") == workdir / "predict" / "val"
+    assert predict_dir(exp, "val") == workdir / "predict" / "val"
     pngs = sorted((tmp_path / "pred").glob("*.png"))
     ref = workdir / "eval" / "retrain" / "predictions"
     assert [p.name for p in pngs] == sorted(p.name for p in ref.glob("*.png"))
@@ -205,3 +208,196 @@ def test_cue_diagnostics_split_the_cue_precision_into_foreground_and_background(
     assert [(r["rule"], r["value"]) for r in rules][:2] == [("relative", 0.2), ("relative", 0.4)]
     cells = [r["fg_cells"] for r in rules if r["rule"] == "relative"]
     assert cells == sorted(cells, reverse=True)  # a higher threshold never adds cue cells
+
+
+def test_retrain_starts_from_the_dsrg_stage_final_weights(quick_run, tmp_path, monkeypatch):
+    """retrain.init="dsrg" (the official run.sh): the parameters the retrain stage trains from
+    are the dsrg stage's last checkpoint, not a fresh init."""
+    import shutil
+
+    import jax
+    import numpy as np
+
+    from dsrg_jax.config import config_from_dict
+    from dsrg_jax.pipeline import Experiment, nets, retrain
+    from dsrg_jax.sharding import make_mesh
+
+    workdir, _ = quick_run
+    copy = tmp_path / "w"
+    shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns("retrain"))
+    cfg = config_from_dict(json.loads((copy / "config.json").read_text()))
+    exp = Experiment(cfg, copy, make_mesh(None), writer=None)
+    started = {}
+
+    def capture(exp, stage, *, variables, **kw):
+        started[stage] = variables
+        return variables, {}
+
+    monkeypatch.setattr(nets, "train_stage", capture)
+    retrain.run_retrain(exp)
+    _, dsrg, _ = nets.load_trained(exp, "dsrg")
+    _, fresh, _ = nets.build_model(cfg, "retrain", nets.pretrained_backbone(exp))
+    same = jax.tree.map(np.array_equal, started["retrain"]["params"], dsrg["params"])
+    assert all(jax.tree.leaves(same))
+    assert not all(jax.tree.leaves(jax.tree.map(np.array_equal, dsrg["params"],
+                                                fresh["params"])))
+
+
+# ------------------------------------------------------------------------------ several hosts
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_hosts(workdir, num=2, devices=4):
+    """`num` JAX processes on 127.0.0.1 (`devices` CPU devices each) running the quick pipeline
+    on one shared workdir; returns the Popen objects (each its own process group)."""
+    port = _free_port()
+    env = _env()
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env["JAX_PLATFORMS"] = "cpu"
+    return [subprocess.Popen(
+        [*_cmd(workdir), "--coordinator", f"127.0.0.1:{port}", "--num-processes", str(num),
+         "--process-id", str(i)], cwd=REPO, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, start_new_session=True) for i in range(num)]
+
+
+def _finish(procs, timeout=900):
+    """(returncode, stdout, stderr) of each process; kills them all if one hangs or fails."""
+    out = []
+    try:
+        for p in procs:
+            o, e = p.communicate(timeout=timeout)
+            out.append((p.returncode, o, e))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.communicate()
+    return out
+
+
+def _same_files(a, b, pattern):
+    import numpy as np
+
+    files = sorted(p.relative_to(a) for p in a.glob(pattern))
+    assert files and files == sorted(p.relative_to(b) for p in b.glob(pattern)), pattern
+    for f in files:
+        if f.suffix == ".png":
+            with Image.open(a / f) as x, Image.open(b / f) as y:
+                assert np.array_equal(np.asarray(x), np.asarray(y)), f
+        else:
+            x, y = np.load(a / f), np.load(b / f)
+            assert all(np.array_equal(x[k], y[k]) for k in x.files), f
+
+
+def test_two_processes_give_the_numbers_and_files_of_one(quick_run, tmp_path):
+    """2 JAX processes x 4 CPU devices on 127.0.0.1 form one 8-device mesh: the same mIoU, the
+    same losses (to the 1-vs-8-device tolerance) and the same cue file, pseudo-labels and
+    predictions, file by file, as 1 process x 8 devices."""
+    eight = quick_run[0]
+    results = _finish(_start_hosts(tmp_path / "two"))
+    for rc, out, err in results:
+        assert rc == 0, out[-2000:] + err[-3000:]
+    assert "devices: 8 (cpu), processes: 2" in results[0][1]
+    ra = json.loads((eight / "results.json").read_text())
+    rb = json.loads((tmp_path / "two" / "results.json").read_text())
+    for key in ("cues", "dsrg", "retrain"):
+        assert rb["miou"][key] == ra["miou"][key], key
+    a, b = _losses(eight), _losses(tmp_path / "two")
+    assert set(a) == set(b)
+    for key in a:
+        assert b[key] == pytest.approx(a[key], rel=1e-3, abs=1e-5), key
+    _same_files(eight, tmp_path / "two", "cues.npz")
+    _same_files(eight, tmp_path / "two", "pseudo_labels/*.png")
+    _same_files(eight, tmp_path / "two", "eval/*/predictions/*.png")
+
+
+def test_sigterm_to_one_of_two_processes_stops_both_and_the_rerun_resumes(quick_run, tmp_path):
+    reference = json.loads((quick_run[0] / "results.json").read_text())
+    workdir = tmp_path / "run"
+    procs = _start_hosts(workdir)
+    metrics = workdir / "metrics.jsonl"
+    deadline = time.time() + 600
+    while time.time() < deadline and all(p.poll() is None for p in procs):
+        if metrics.is_file() and '"stage": "dsrg", "step": 30' in metrics.read_text():
+            break
+        time.sleep(0.5)
+    procs[1].send_signal(signal.SIGTERM)          # the host that does not write the logs
+    results = _finish(procs, timeout=300)
+    for rc, _, err in results:
+        assert rc == 128 + signal.SIGTERM, err[-3000:]
+    assert "SIGTERM: saved stage 'dsrg'" in results[0][2]
+    rerun = _finish(_start_hosts(workdir))
+    for rc, _, err in rerun:
+        assert rc == 0, err[-3000:]
+    assert "[dsrg] resumed from checkpoint at step" in rerun[0][1]
+    res = json.loads((workdir / "results.json").read_text())
+    for key in ("cues", "dsrg", "retrain"):
+        assert res["miou"][key] == pytest.approx(reference["miou"][key], abs=1e-4)
+
+
+SPLIT_SCRIPT = r"""
+import sys
+import jax
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+jax.distributed.initialize(coordinator_address=sys.argv[1], num_processes=2,
+                           process_id=int(sys.argv[2]))
+import numpy as np
+from dsrg_jax.config import override
+from dsrg_jax.data.digits import DigitsSource
+from dsrg_jax.pipeline.sources import inference_transform
+from dsrg_jax.pipeline.splits import iterate
+from dsrg_jax.pipeline.workdir import Experiment
+from dsrg_jax.sharding import gather_over_processes, make_mesh
+from experiments.configs.digits import get_config
+
+exp = Experiment(get_config(quick=True), None, make_mesh(), None)
+idx, valid = [], []
+for hb, _ in iterate(exp, DigitsSource("val", num_images=23, size=56),
+                     inference_transform(56, with_mask=False), 5):
+    idx.append(hb["index"]); valid.append(hb["valid"])
+idx, valid = (gather_over_processes(np.concatenate(a)) for a in (idx, valid))
+seen = sorted(idx[valid].tolist())
+print("SEEN", seen)
+assert seen == list(range(23)), seen
+"""
+
+
+def test_a_split_that_does_not_divide_by_the_hosts_loses_and_repeats_no_image(tmp_path):
+    """23 images, batch 5 on 2 processes x 4 devices (rounded to 8): every image exactly once
+    over both hosts' shares."""
+    port = _free_port()
+    env = _env()
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    env["JAX_PLATFORMS"] = "cpu"
+    procs = [subprocess.Popen([sys.executable, "-c", SPLIT_SCRIPT, f"127.0.0.1:{port}", str(i)],
+                              cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, start_new_session=True) for i in range(2)]
+    for rc, out, err in _finish(procs, timeout=300):
+        assert rc == 0, out[-2000:] + err[-3000:]
+        assert "SEEN [0, 1, 2" in out
+
+
+def test_tensorboard_reads_every_stage_and_the_growth_grids(quick_run):
+    """The event files, read back with TensorBoard's own reader: the scalars of every training
+    stage, and the dsrg stage's cues | grown | prediction image grids."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    workdir, _ = quick_run
+    logged = _losses(workdir)
+    for stage in ("pretrain", "cues", "dsrg", "retrain"):
+        acc = EventAccumulator(str(workdir / "tensorboard" / stage))
+        acc.Reload()
+        loss = acc.Scalars("loss")
+        assert [e.step for e in loss] == sorted(s for st, s in logged if st == stage), stage
+        assert loss[-1].value == pytest.approx(logged[(stage, loss[-1].step)], rel=1e-6)
+    acc = EventAccumulator(str(workdir / "tensorboard" / "dsrg"))
+    acc.Reload()
+    assert "supervision_recall" in acc.Tags()["scalars"]
+    grids = acc.Images("cues|grown|prediction")
+    assert [g.step for g in grids] == [30, 60]
+    assert grids[0].width == 3 * 15 and grids[0].height == 4 * 15   # 4 images x 3 panels

@@ -5,12 +5,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import linen as nn
+from scipy import ndimage
 
 from dsrg_jax import inference
+from dsrg_jax.convention import CAFFE
+from dsrg_jax.crf_host import dense_crf_host
 from dsrg_jax.data.files import read_label_png
 from dsrg_jax.data.records import Record
-from dsrg_jax.data.transforms import normalize as np_normalize
-from dsrg_jax.ops.crf import dense_crf_host
 
 NUM_CLASSES = 5
 
@@ -39,18 +40,21 @@ def images():
 
 
 def by_hand(apply_fn, variables, images, scales, flip):
-    """Each scale separately with OpenCV (float INTER_LINEAR) and numpy, summed."""
+    """Each scale separately as the official test-ms-f.py: `scipy.ndimage.zoom(order=1)` of the
+    image to round(scale * side) and of the logits back to the full size, summed."""
     b, h, w, _ = images.shape
     total = np.zeros((b, h, w, NUM_CLASSES), np.float64)
-    x_full = np_normalize(images, "caffe")
+    x_full = CAFFE.normalize(images).astype(np.float64)
     for s in scales:
         sh, sw = max(1, round(h * s)), max(1, round(w * s))
         for n in range(b):
-            x = cv2.resize(x_full[n], (sw, sh), interpolation=cv2.INTER_LINEAR)
+            x = ndimage.zoom(x_full[n], (sh / h, sw / w, 1.0), order=1).astype(np.float32)
+            assert x.shape[:2] == (sh, sw)
             variants = [(x, False)] + ([(x[:, ::-1], True)] if flip else [])
             for xin, mirrored in variants:
                 logits = np.asarray(apply_fn(variables, jnp.asarray(xin[None].copy())))[0]
-                up = cv2.resize(logits, (w, h), interpolation=cv2.INTER_LINEAR)
+                lh, lw = logits.shape[:2]
+                up = ndimage.zoom(logits.astype(np.float64), (h / lh, w / lw, 1.0), order=1)
                 total[n] += up[:, ::-1] if mirrored else up
     return total
 
@@ -189,21 +193,23 @@ def test_apply_fn_returning_no_logits_is_named(images):
 
 
 def canvas_by_hand(apply_fn, variables, canvases, hws, *, scales=None, sizes=None, flip=False):
-    """Each image on its own with OpenCV (float INTER_LINEAR): its real region scaled (aspect kept,
-    padded with the mean colour to ceil(scale * S)) or warped to s x s, the output cells that
-    cover it resized to (h, w), summed over scales (and mirrored passes)."""
+    """Each image on its own with `scipy.ndimage.zoom(order=1)`, as the official scripts: its real
+    region scaled (aspect kept, padded with the mean colour to round(scale * S)) or warped to
+    s x s, the output cells that cover it zoomed to (h, w), summed over scales (and mirrored
+    passes)."""
     b, big, _, _ = canvases.shape
     total = np.zeros((b, big, big, NUM_CLASSES), np.float64)
-    x_full = np_normalize(canvases, "caffe")
-    fill = np_normalize(np.asarray(inference.MEAN_RGB_UINT8, np.float32)[None, None], "caffe")[0, 0]
+    x_full = CAFFE.normalize(canvases)
+    fill = CAFFE.normalize(np.asarray(inference.MEAN_RGB_UINT8, np.float32)[None, None])[0, 0]
     steps = [("size", s) for s in sizes] if sizes is not None else [("scale", s) for s in scales]
     for kind, v in steps:
-        side = v if kind == "size" else int(np.ceil(big * v))
+        side = v if kind == "size" else max(1, round(big * v))
         for n, (h, w) in enumerate(hws):
             hs, ws = (v, v) if kind == "size" else (max(1, round(h * v)), max(1, round(w * v)))
             x = np.empty((side, side, 3), np.float32)
             x[:] = fill
-            x[:hs, :ws] = cv2.resize(x_full[n, :h, :w], (ws, hs), interpolation=cv2.INTER_LINEAR)
+            x[:hs, :ws] = ndimage.zoom(x_full[n, :h, :w].astype(np.float64),
+                                       (hs / h, ws / w, 1.0), order=1)
             variants = [(x, False)]
             if flip:
                 xf = x.copy()
@@ -213,8 +219,8 @@ def canvas_by_hand(apply_fn, variables, canvases, hws, *, scales=None, sizes=Non
                 out = np.asarray(apply_fn(variables, jnp.asarray(xin[None])))[0]
                 gh, gw = out.shape[:2]
                 rows, cols = -(-gh * hs // side), -(-gw * ws // side)
-                up = cv2.resize(np.ascontiguousarray(out[:rows, :cols]), (w, h),
-                                interpolation=cv2.INTER_LINEAR)
+                up = ndimage.zoom(out[:rows, :cols].astype(np.float64),
+                                  (h / rows, w / cols, 1.0), order=1)
                 total[n, :h, :w] += up[:, ::-1] if mirrored else up
     return total
 
@@ -248,7 +254,7 @@ def test_canvas_logits_of_a_sharded_batch_equal_each_image_by_hand(net, images, 
 
 def test_canvas_logits_of_full_size_images_equal_multi_scale_logits(net, images):
     apply_fn, variables = net
-    square = np.ascontiguousarray(images[:, :36, :36])  # ceil(0.75 * 36) = round(0.75 * 36)
+    square = np.ascontiguousarray(images[:, :36, :36])
     hws = np.full((len(square), 2), 36, np.int32)
     got = inference.canvas_logits(apply_fn, square, hws, variables=variables, scales=(0.75, 1.0))
     want = inference.multi_scale_logits(apply_fn, square, variables=variables, scales=(0.75, 1.0))

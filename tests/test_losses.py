@@ -1,4 +1,4 @@
-"""Losses against direct numpy formulas of the official Caffe/Theano layers (DESIGN.md 2.3)."""
+"""Losses against direct numpy formulas of the official Caffe/Theano layers."""
 import jax
 import jax.numpy as jnp
 import numpy as np

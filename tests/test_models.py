@@ -14,22 +14,23 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from dsrg_jax import convention as C
 from dsrg_jax import weights as W
-from dsrg_jax.models import layers as L
 from dsrg_jax.models import (
+    VGG16CAM,
     DeepLabV2ResNet101,
     DeepLabV2VGG16,
-    VGG16CAM,
     classifier_mask,
     count_params,
     create_model,
 )
+from dsrg_jax.models import layers as L
 
 torch = pytest.importorskip("torch")
 tnn = torch.nn
 safetensors_torch = pytest.importorskip("safetensors.torch")
 
-RTOL = 1e-4  # relative error budget of the cross-framework checks (issue 4)
+RTOL = 1e-4  # relative error budget of the cross-framework checks
 # Non-square, and 64 rows make Caffe's ceil-mode pooling differ from floor mode (64 -> 33, not 32).
 EQUIV_HW = (64, 71)
 
@@ -59,7 +60,7 @@ def torch_conv(kernel) -> torch.Tensor:
 def random_images(seed: int, hw=EQUIV_HW, batch: int = 2) -> np.ndarray:
     """RGB 0-255 float[B, H, W, 3], normalised with torchvision's ImageNet mean/std."""
     rgb = np.random.default_rng(seed).uniform(0, 255, (batch, *hw, 3)).astype(np.float32)
-    return W.TORCHVISION.normalize(rgb)
+    return C.TORCHVISION.normalize(rgb)
 
 
 # ----------------------------------------------------------------- PyTorch reference models
@@ -306,9 +307,10 @@ def _pool_input(shape, ties: bool, seed: int = 0) -> jnp.ndarray:
 @pytest.mark.parametrize("geometry", POOL_GEOMETRIES)
 def test_caffe_max_pool_slices_equal_reduce_window(geometry):
     """The strided-slice max pool (impl="slices"): forward bit for bit the reduce_window one
-    (Caffe ceil-mode geometry, odd and even sizes); gradient: every window's cotangent to its first maximum in
-    row-major order, as select_and_scatter routes it, ties included (integer cotangents, so the
-    sums over overlapping windows are exact and the gradients are compared bit for bit)."""
+    (Caffe ceil-mode geometry, odd and even sizes); gradient: every window's cotangent to its
+    first maximum in row-major order, as select_and_scatter routes it, ties included (integer
+    cotangents, so the sums over overlapping windows are exact and the gradients are compared bit
+    for bit)."""
     k, s, p = geometry
 
     @jax.jit
@@ -495,7 +497,7 @@ def test_deeplab_vgg16_matches_pytorch_from_pth_and_timm_safetensors(vgg_files):
     v_pth, info_pth = W.load_imagenet_weights(model, init, pth)
     v_st, info_st = W.load_imagenet_weights(model, init, st)
     assert (info_pth.naming, info_st.naming) == ("torchvision", "timm")
-    assert info_pth.input_convention == info_st.input_convention == W.TORCHVISION
+    assert info_pth.input_convention == info_st.input_convention == C.TORCHVISION
     assert_trees_equal(v_pth, v_st)
     p = v_pth["params"]
 
@@ -534,9 +536,9 @@ def test_cam_classifier_matches_pytorch(vgg_files, tmp_path):
     safetensors_torch.save_file(features, st, metadata={"input_convention": "caffe"})
     model = VGG16CAM(num_classes=20)
     variables, info = W.init_model(model, jax.random.key(3), weights=st)
-    assert info.input_convention == W.CAFFE and info.to_json()["input_convention"] == "caffe"
+    assert info.input_convention == C.CAFFE and info.to_json()["input_convention"] == "caffe"
     v_pth, info_pth = W.load_imagenet_weights(model, variables, pth, input_convention="caffe")
-    assert info_pth.input_convention == W.CAFFE
+    assert info_pth.input_convention == C.CAFFE
     assert_trees_equal(variables, v_pth)
 
     p = variables["params"]
@@ -568,7 +570,7 @@ def test_deeplab_resnet101_matches_pytorch_from_pth_and_safetensors(resnet_files
     init = model.init(jax.random.key(8), jnp.zeros((1, 64, 64, 3)))
     v_pth, info = W.load_imagenet_weights(model, init, pth)
     v_st, _ = W.load_imagenet_weights(model, init, st)
-    assert info.naming == "torchvision" and info.input_convention == W.TORCHVISION
+    assert info.naming == "torchvision" and info.input_convention == C.TORCHVISION
     assert_trees_equal(v_pth, v_st)
     p = v_pth["params"]
     heads = []

@@ -1,6 +1,8 @@
 """The training loop resumes exactly, saves on SIGTERM, and stops on NaN keeping the last good
 checkpoint."""
+import json
 import os
+import shutil
 import signal
 
 import jax
@@ -8,17 +10,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from dsrg_jax.config import OptimConfig
 from dsrg_jax.data.digits import DigitsSource
 from dsrg_jax.data.pipeline import Pipeline
+from dsrg_jax.models.small import SmallCAM
+from dsrg_jax.pipeline.sources import cam_transform
 from dsrg_jax.sharding import make_mesh, replicate
-from dsrg_jax.train import data as D
 from dsrg_jax.train import steps as S
 from dsrg_jax.train.checkpoint import Checkpoints
-from dsrg_jax.train.config import OptimConfig
 from dsrg_jax.train.logging import MetricsWriter
 from dsrg_jax.train.loop import Preempted, TrainingDiverged, train_loop
 from dsrg_jax.train.optim import caffe_sgd
-from dsrg_jax.train.small_models import SmallCAM
 from dsrg_jax.weights import get_input_convention
 
 MODEL = SmallCAM(10, widths=(4, 8), head_width=8, convs_per_block=1)
@@ -40,7 +42,7 @@ def _run(workdir, max_steps, *, on_step=None, step_wrapper=None):
         state, _ = train_loop(
             stage="t", state=state, step_fn=step, mesh=mesh, max_steps=max_steps,
             make_pipeline=lambda st: Pipeline(SOURCE, global_batch=8, seed=1, state=st,
-                                              transform=D.cls_transform(48)),
+                                              transform=cam_transform(48)),
             checkpoints=ckpt, writer=writer, checkpoint_every=2, log_every=1, on_step=on_step)
     finally:
         ckpt.close()
@@ -57,6 +59,20 @@ def test_resume_continues_exactly(tmp_path):
     _run(tmp_path / "b", 3)                 # stops at 3 (a checkpoint), like an interrupted run
     resumed = _run(tmp_path / "b", 6)       # same workdir: parameters, optimiser, data position
     _assert_same(straight, resumed)
+
+
+def test_resume_logs_each_step_once(tmp_path):
+    """Steps logged after the last checkpoint of a stopped run are logged again by the rerun:
+    metrics.jsonl keeps each step once."""
+    _run(tmp_path, 3)                       # checkpoints at 2 (every 2) and 3 (the end)
+    log = tmp_path / "metrics.jsonl"
+    rows = log.read_text().splitlines()
+    # A kill after step 3's log line but before its checkpoint: drop that checkpoint.
+    shutil.rmtree(tmp_path / "ckpt" / "3")
+    log.write_text("\n".join(rows) + "\n" + '{"stage": "t", "st')   # and a cut last line
+    _run(tmp_path, 5)
+    steps = [json.loads(line)["step"] for line in log.read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5]
 
 
 def test_sigterm_saves_and_resume_matches(tmp_path, capsys):

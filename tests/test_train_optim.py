@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dsrg_jax.train.config import OptimConfig
+from dsrg_jax.config import OptimConfig
 from dsrg_jax.train.optim import caffe_sgd, lr_multipliers, lr_schedule
 
 
@@ -28,7 +28,8 @@ def test_caffe_sgd_matches_the_caffe_update_rule():
     for step in range(5):
         grads_flat = {k: rng.normal(size=v.shape) for k, v in flat.items()}
         grads = jax.tree_util.tree_map_with_path(
-            lambda path, _: jnp.asarray(grads_flat[tuple(p.key for p in path)], jnp.float32),
+            lambda path, _, grads_flat=grads_flat: jnp.asarray(
+                grads_flat[tuple(p.key for p in path)], jnp.float32),
             params)
         updates, opt = tx.update(grads, opt, params)
         params = optax.apply_updates(params, updates)

@@ -1,17 +1,19 @@
-"""The DSRG train step: its supervision is the real growth, and it is the same on 1 and 8 devices."""
+"""The DSRG train step: its supervision is the real growth, and it is the same on 1 and 8
+devices."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from dsrg_jax import dsrg_grow
-from dsrg_jax.ops.crf import dense_crf, downsample_image
+from dsrg_jax.config import DSRGConfig, OptimConfig
+from dsrg_jax.models.small import SmallCAM, SmallDeepLab
+from dsrg_jax.ops.crf import dense_crf
 from dsrg_jax.ops.losses import probs_from_logits
 from dsrg_jax.sharding import global_batch, make_mesh, replicate
 from dsrg_jax.train import steps as S
-from dsrg_jax.train.config import DSRGConfig, OptimConfig
 from dsrg_jax.train.optim import caffe_sgd
-from dsrg_jax.train.small_models import SmallCAM, SmallDeepLab
 from dsrg_jax.weights import get_input_convention
 
 CONV = get_input_convention("torchvision")
@@ -59,12 +61,19 @@ def test_step_supervision_is_dsrg_grow_of_the_crf_output():
     logits = S.apply_with_dropout(MODEL, {"params": params},
                                   CONV.normalize(jnp.asarray(hb["image"], jnp.float32)),
                                   jax.random.fold_in(jax.random.key(3), 0))
-    np.testing.assert_allclose(probs, probs_from_logits(logits), rtol=1e-4, atol=1e-6)
-    # CRF by hand on the step's probabilities, then growth from the ORIGINAL cues.
-    small = downsample_image(jnp.asarray(hb["image"], jnp.float32), (17, 17), mean=(0., 0., 0.))
+    # ... floored in place as the official CRF layer does (P < 1e-4 -> 1e-4).
+    np.testing.assert_allclose(probs, np.maximum(probs_from_logits(logits), 1e-4), rtol=1e-4,
+                               atol=1e-6)
+    assert probs.min() >= 1e-4
+    # The CRF's image is the official CRF layer's: the BGR blob zoomed (order 1), + mean, round.
+    mean = np.array([104.0, 117.0, 123.0])
+    blob = hb["image"][..., ::-1].astype(np.float64) - mean
+    official = np.round(ndimage.zoom(blob, (1, 17 / SIZE, 17 / SIZE, 1), order=1) + mean)
     step_small = np.asarray(aux["images"]["image_small"])
-    assert np.abs(step_small.astype(int) - np.asarray(small, int)).max() <= 1  # float rounding
-    q = dense_crf(jnp.asarray(step_small), jnp.asarray(probs), **S.crf_params(cfg))
+    assert np.abs(step_small.astype(int) - official).max() <= 1    # float32 rounding at .5
+    assert (step_small != official).mean() < 1e-3
+    # CRF by hand on the step's probabilities, then growth from the ORIGINAL cues.
+    q = dense_crf(jnp.asarray(step_small), jnp.asarray(probs), cfg.crf, kernel=cfg.crf_kernel)
     np.testing.assert_allclose(np.asarray(aux["images"]["crf"]), q, rtol=1e-4, atol=1e-5)
     grown = dsrg_grow(jnp.asarray(aux["images"]["crf"]), jnp.asarray(hb["cues"]),
                       jnp.asarray(hb["labels"]))

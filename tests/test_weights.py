@@ -9,8 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from dsrg_jax import convention as C
 from dsrg_jax import weights as W
-from dsrg_jax.models import DeepLabV2ResNet101, DeepLabV2VGG16, VGG16CAM
+from dsrg_jax.models import VGG16CAM, DeepLabV2ResNet101, DeepLabV2VGG16
 
 torch = pytest.importorskip("torch")
 safetensors_torch = pytest.importorskip("safetensors.torch")
@@ -20,15 +21,15 @@ def test_torchvision_convention_is_imagenet_mean_std_on_rgb():
     rgb = np.array([[255.0, 0.0, 128.0]], np.float32)
     # torchvision: ToTensor() (x / 255) then Normalize(mean, std), channels R, G, B.
     expected = [(1 - 0.485) / 0.229, (0 - 0.456) / 0.224, (128 / 255 - 0.406) / 0.225]
-    np.testing.assert_allclose(W.TORCHVISION.normalize(rgb)[0], expected, rtol=1e-6)
+    np.testing.assert_allclose(C.TORCHVISION.normalize(rgb)[0], expected, rtol=1e-6)
 
 
 def test_caffe_convention_is_bgr_minus_mean():
     rgb = np.array([[[10.0, 20.0, 30.0]]], np.float32)
-    np.testing.assert_array_equal(W.CAFFE.normalize(rgb)[0, 0], [30 - 104, 20 - 117, 10 - 123])
+    np.testing.assert_array_equal(C.CAFFE.normalize(rgb)[0, 0], [30 - 104, 20 - 117, 10 - 123])
 
 
-@pytest.mark.parametrize("convention", [W.TORCHVISION, W.CAFFE])
+@pytest.mark.parametrize("convention", [C.TORCHVISION, C.CAFFE])
 def test_conventions_round_trip_numpy_and_jax(convention):
     rgb = np.random.default_rng(0).uniform(0, 255, (2, 5, 4, 3)).astype(np.float32)
     x = convention.normalize(rgb)
@@ -40,13 +41,13 @@ def test_conventions_round_trip_numpy_and_jax(convention):
 
 
 def test_convention_names_include_the_pipeline_alias():
-    assert W.get_input_convention("imagenet") is W.TORCHVISION  # data.transforms' style name
-    assert W.get_input_convention("caffe") is W.CAFFE
+    assert C.get_input_convention("imagenet") is C.TORCHVISION
+    assert C.get_input_convention("caffe") is C.CAFFE
 
 
 def test_unknown_convention_names_the_argument():
     with pytest.raises(ValueError, match="input_convention.*'bgr'"):
-        W.get_input_convention("bgr")
+        C.get_input_convention("bgr")
 
 
 def test_missing_file_says_what_to_download(tmp_path):
@@ -105,7 +106,7 @@ def test_no_weights_warns_loudly_and_defaults_to_torchvision_convention():
     with pytest.warns(W.TrainingFromScratchWarning, match="NO IMAGENET WEIGHTS.*from scratch"):
         variables, info = W.init_model(model, jax.random.key(0), weights=None,
                                        sample_shape=(1, 33, 33, 3))
-    assert info.path is None and info.input_convention == W.TORCHVISION
+    assert info.path is None and info.input_convention == C.TORCHVISION
     assert info.to_json() == {"path": None, "naming": "none", "input_convention": "torchvision"}
     assert set(variables) == {"params", "batch_stats"}
 

@@ -15,7 +15,12 @@ import logging
 import pathlib
 import sys
 
+import numpy as np
+from PIL import Image
+
+from dsrg_jax.config import Config, override
 from dsrg_jax.data.records import DatasetError, Problem, Source, Subset
+from dsrg_jax.data.registry import get_dataset
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +131,48 @@ def check_files(source: Source, *, name: str = "dataset", max_listed: int = 5,
     return n
 
 
+def check_sizes_and_masks(source: Source, *, canvas: int | None, num_classes: int,
+                          name: str = "dataset", max_listed: int = 5,
+                          num_workers: int = 8) -> None:
+    """What the later stages need of a VOC-style source, checked before any training: every
+    image fits the inference canvas (its header is read, the pixels are not) and every mask
+    holds only class indices 0..C-1 or 255 (each mask is decoded). One DatasetError lists the
+    bad files; sources without per-file masks (COCO, digits) check the image sizes only.
+
+    Args:
+      canvas: the inference canvas side (`eval.canvas`), or None (no size limit).
+    """
+    if not hasattr(source, "image_path") or not hasattr(source, "mask_path"):
+        return
+    allowed = np.zeros(256, bool)
+    allowed[:num_classes] = allowed[255] = True
+
+    def problems(i):
+        image_id, out = source.ids[i], []
+        path = pathlib.Path(source.image_path(image_id))
+        with Image.open(path) as im:
+            w, h = im.size
+        if canvas is not None and max(h, w) > canvas:
+            out.append(f"{path} is {h}x{w}, larger than the inference canvas {canvas} (pass "
+                       f"--canvas {max(h, w)} or more)")
+        mask = source.mask_path(image_id)
+        if mask is not None and pathlib.Path(mask).is_file():
+            with Image.open(mask) as m:
+                values = np.unique(np.asarray(m))
+            bad = values[~allowed[values]]
+            if bad.size:
+                out.append(f"{mask} holds values {bad[:5].tolist()} (expected 0..{num_classes - 1}"
+                           f" or 255)")
+        return out
+
+    with cf.ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool:
+        found = [p for r in pool.map(problems, range(len(source))) for p in r]
+    if found:
+        more = f" and {len(found) - max_listed} more" if len(found) > max_listed else ""
+        raise DatasetError(f"{name}: {len(found)} problems: {'; '.join(found[:max_listed])}"
+                           f"{more}")
+
+
 def main(argv=None) -> None:
     """`python -m dsrg_jax.data.check --dataset voc --data-dir DIR`: the full check."""
     p = argparse.ArgumentParser(
@@ -139,26 +186,26 @@ def main(argv=None) -> None:
     p.add_argument("--saliency-dir", default=None, help="the --saliency-dir of the experiment")
     p.add_argument("--workers", type=int, default=8, help="reader threads")
     a = p.parse_args(argv)
-    from dsrg_jax.train import data as D
-    from dsrg_jax.train.config import Config, override
-
     changes = {"data.dataset": a.dataset, "data.data_dir": a.data_dir,
                "data.saliency_dir": a.saliency_dir}
     if a.dataset == "coco":  # experiments/configs/coco.py's splits
         changes.update({"data.num_classes": 81, "data.train_split": "train2014",
                         "data.val_split": "val2014"})
     cfg = override(Config(), **changes)
+    dataset = get_dataset(a.dataset)
     splits = a.splits or [cfg.data.train_split, cfg.data.val_split]
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        for split in splits:
-            which = "train" if split == cfg.data.train_split else "val"
-            src = D.make_source(override(cfg, **{f"data.{which}_split": split}), which,
-                                with_saliency=which == "train")
+    errors = []
+    for split in splits:   # every split is checked, its problems reported together
+        try:
+            saliency = cfg.data.saliency_dir if split == cfg.data.train_split else None
+            src = dataset.open(cfg.data, split, saliency=saliency)
             _, report = check_dataset(src, num_workers=a.workers, name=split)
             print(f"{split}: {report.num_checked} items, all fine")
-    except DatasetError as e:
-        sys.exit(f"error: {e}")
+        except DatasetError as e:
+            errors.append(f"{split}: {e}")
+    if errors:
+        sys.exit("error: " + "\n".join(errors))
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from dsrg_jax.data.records import (
     DatasetError,
     Problem,
     Record,
+    check_by_loading,
     lookup_cues,
 )
 from dsrg_jax.data.saliency import SaliencyDir
@@ -159,6 +160,4 @@ class CocoSource:
                       cues=lookup_cues(self.cues, image_id), saliency=sal)
 
     def check_item(self, index: int) -> list[Problem]:
-        from dsrg_jax.data.voc import check_by_loading
-
         return check_by_loading(self, index)

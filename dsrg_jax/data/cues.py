@@ -1,15 +1,17 @@
-"""Seed-cue files: the official SEC/DSRG cue pickle and our plain array format.
+"""Seed-cue files: the official DSRG/SEC cue pickles and our plain array format.
 
-The official `localization_cues.pickle.gz` (SEC, used unchanged by DSRG) is a gzip'd Python-2
-pickle of a dict: `"{i}_labels"` = int array of the foreground classes 1..20 of image i,
-`"{i}_cues"` = int array [3, K] of rows (class, row, col) on the 41x41 grid laid over the whole
-image warped to 321x321 (class 0 = background). `i` is the line of the train_aug input list
-(`"<image file> i"`).
+DSRG's published setup trains from DSRG's own `localization_cues-sal.pickle` (CAM foreground cues,
+DRFI saliency background cues; the DSRG authors distribute it, and their training prototxt names
+it). SEC's `localization_cues.pickle.gz` (SEC's own cues) has the same layout. Both are Python-2
+pickles, plain (DSRG's) or gzip'd (SEC's), of a dict: `"{i}_labels"` = int array of the foreground
+classes 1..20 of image i, `"{i}_cues"` = int array [3, K] of rows (class, row, col) on the 41x41
+grid laid over the whole image warped to 321x321 (class 0 = background). `i` is the line of the
+train_aug input list (`"<image file> i"`).
 
-Unpickling runs code from the file, so the pickle is read once and converted to an `.npz` that
-loads with `allow_pickle=False`:
+The pickle is read with a restricted unpickler (`safe_pickle`: plain data and numeric arrays only,
+never code), once, and converted to an `.npz` that loads with `allow_pickle=False`:
 
-    python -m dsrg_jax.data.cues --pickle localization_cues.pickle.gz \
+    python -m dsrg_jax.data.cues --pickle localization_cues-sal.pickle \
         --input-list input_list.txt --out voc_cues.npz
 
 `CueSet` holds the cues sparsely (one (class, row, col) triple per cue pixel, as the file does) and
@@ -19,13 +21,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import gzip
 import os
 import pathlib
-import pickle
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
+
+from dsrg_jax.data import safe_pickle
+from dsrg_jax.data.records import DatasetError
 
 # Grid and classes of the official file: 321x321 input, output stride 8 -> 41x41; VOC 20 + bg.
 OFFICIAL_GRID_SIZE = 41
@@ -107,6 +110,20 @@ class CueSet:
             grid_size=np.array(self.grid_size, dtype=np.int64))
 
 
+def cueset_from_dense(ids: Sequence[str], cues: Sequence[np.ndarray],
+                      labels: np.ndarray) -> CueSet:
+    """CueSet of per-image dense cues bool[h, w, C] and labels bool[N, C]."""
+    offsets = np.zeros(len(ids) + 1, np.int64)
+    triples = []
+    for n, dense in enumerate(cues):
+        triples.append(np.stack(np.nonzero(dense)).astype(np.uint8))  # (row, col, class)
+        offsets[n + 1] = offsets[n] + triples[-1].shape[1]
+    stacked = np.concatenate(triples, axis=1) if triples else np.zeros((3, 0), np.uint8)
+    grid = tuple(cues[0].shape[:2]) if len(cues) else (0, 0)
+    return CueSet(ids=tuple(ids), offsets=offsets, cue_class=stacked[2], cue_row=stacked[0],
+                  cue_col=stacked[1], image_labels=np.asarray(labels, bool), grid_size=grid)
+
+
 def load_cues(path: str | os.PathLike) -> CueSet:
     """Loads a cue file written by `CueSet.save` (no pickle involved)."""
     path = pathlib.Path(path)
@@ -116,8 +133,8 @@ def load_cues(path: str | os.PathLike) -> CueSet:
             f"`python -m dsrg_jax.data.cues --pickle ... --out {path}`")
     with np.load(path, allow_pickle=False) as f:
         if "format" not in f.files or str(f["format"]) != _NPZ_FORMAT:
-            raise ValueError(f"{path} is not a dsrg_jax cue file (expected format "
-                             f"{_NPZ_FORMAT!r}, keys found: {sorted(f.files)})")
+            raise DatasetError(f"{path} is not a dsrg_jax cue file (expected format "
+                               f"{_NPZ_FORMAT!r}, keys found: {sorted(f.files)})")
         return CueSet(ids=tuple(str(s) for s in f["ids"]), offsets=f["offsets"],
                       cue_class=f["cue_class"], cue_row=f["cue_row"], cue_col=f["cue_col"],
                       image_labels=f["image_labels"],
@@ -133,10 +150,11 @@ def read_input_list(path: str | os.PathLike) -> list[str]:
             continue
         parts = line.split()
         if len(parts) != 2 or not parts[1].isdigit():
-            raise ValueError(f"{path}:{line_number}: expected '<image file> <index>', got {line!r}")
+            raise DatasetError(
+                f"{path}:{line_number}: expected '<image file> <index>', got {line!r}")
         ids[int(parts[1])] = pathlib.PurePath(parts[0]).stem
     if sorted(ids) != list(range(len(ids))):
-        raise ValueError(f"{path}: indices must be 0..{len(ids) - 1} without gaps")
+        raise DatasetError(f"{path}: indices must be 0..{len(ids) - 1} without gaps")
     return [ids[i] for i in range(len(ids))]
 
 
@@ -144,37 +162,40 @@ def import_official_cues(pickle_path: str | os.PathLike,
                          input_list: str | os.PathLike | None = None, *,
                          num_classes: int = VOC_NUM_CLASSES,
                          grid_size: int = OFFICIAL_GRID_SIZE) -> CueSet:
-    """Reads the official SEC/DSRG cue pickle (gzip'd or plain, Python 2).
+    """Reads an official cue pickle: DSRG's `localization_cues-sal.pickle` or SEC's file.
 
-    Only load pickles from a source you trust: unpickling can run code.
+    The file may be plain or gzip'd (told by its first bytes), Python 2 or 3; it is read with a
+    restricted unpickler that admits plain data and numeric arrays only, never code.
 
     Args:
-      pickle_path: `localization_cues.pickle[.gz]`.
+      pickle_path: DSRG's `localization_cues-sal.pickle` (the published setup) or SEC's
+        `localization_cues.pickle[.gz]`.
       input_list: the train_aug `input_list.txt` that maps key index -> image file; default: the
         file of that name beside the pickle, else ids are the key indices as strings.
       num_classes: classes including background (21 for VOC).
       grid_size: side of the cue grid (41 for a 321x321 input).
 
     Raises:
-      ValueError naming the file and key when an entry is missing or out of range.
+      FileNotFoundError when the file is missing.
+      DatasetError naming the file: unreadable (empty, truncated, damaged gzip, not a pickle),
+        refused (it references code or non-numeric objects), or a key missing or out of range.
     """
     pickle_path = pathlib.Path(pickle_path)
     if not pickle_path.is_file():
-        raise FileNotFoundError(f"official cue pickle {pickle_path} not found (SEC's "
-                                f"training/localization_cues/localization_cues.pickle.gz)")
-    opener = gzip.open if pickle_path.suffix == ".gz" else open
-    with opener(pickle_path, "rb") as f:
-        raw = pickle.load(f, encoding="latin1")
+        raise FileNotFoundError(
+            f"official cue pickle {pickle_path} not found (DSRG's localization_cues-sal.pickle, "
+            f"distributed by the DSRG authors, or SEC's localization_cues.pickle.gz)")
+    raw = safe_pickle.load(pickle_path, what="cue file")
     if not isinstance(raw, dict):
-        raise ValueError(f"{pickle_path}: expected a dict of '<i>_labels'/'<i>_cues', "
-                         f"got {type(raw).__name__}")
+        raise DatasetError(f"{pickle_path}: expected a dict of '<i>_labels'/'<i>_cues', "
+                           f"got {type(raw).__name__}")
     count = sum(1 for key in raw if str(key).endswith("_cues"))
 
     if input_list is None and (pickle_path.parent / "input_list.txt").is_file():
         input_list = pickle_path.parent / "input_list.txt"
     ids = read_input_list(input_list) if input_list is not None else [str(i) for i in range(count)]
     if len(ids) != count:
-        raise ValueError(f"{input_list} lists {len(ids)} images but {pickle_path} has cues for "
+        raise DatasetError(f"{input_list} lists {len(ids)} images but {pickle_path} has cues for "
                          f"{count}: is it the input list of this cue file?")
 
     offsets = np.zeros(count + 1, dtype=np.int64)
@@ -183,18 +204,24 @@ def import_official_cues(pickle_path: str | os.PathLike,
     for i in range(count):
         for suffix in ("labels", "cues"):
             if f"{i}_{suffix}" not in raw:
-                raise ValueError(f"{pickle_path}: key '{i}_{suffix}' is missing")
+                raise DatasetError(f"{pickle_path}: key '{i}_{suffix}' is missing")
         fg = np.asarray(raw[f"{i}_labels"]).reshape(-1)
         cues = np.asarray(raw[f"{i}_cues"])
+        for key, value in ((f"{i}_labels", fg), (f"{i}_cues", cues)):
+            if value.dtype.kind not in "iu":
+                raise DatasetError(f"{pickle_path}: '{key}' must hold integers, got dtype "
+                                   f"{value.dtype}")
         if fg.size and (fg.min() < 1 or fg.max() >= num_classes):
-            raise ValueError(f"{pickle_path}: '{i}_labels' = {fg.tolist()} outside 1..{num_classes - 1}")
+            raise DatasetError(f"{pickle_path}: '{i}_labels' = {fg.tolist()} outside "
+                               f"1..{num_classes - 1}")
         if cues.ndim != 2 or cues.shape[0] != 3:
-            raise ValueError(f"{pickle_path}: '{i}_cues' must be int[3, K] rows (class, row, col), "
-                             f"got shape {cues.shape}")
+            raise DatasetError(f"{pickle_path}: '{i}_cues' must be int[3, K] rows "
+                               f"(class, row, col), got shape {cues.shape}")
         if cues.size and (cues[0].min() < 0 or cues[0].max() >= num_classes
                           or cues[1:].min() < 0 or cues[1:].max() >= grid_size):
-            raise ValueError(f"{pickle_path}: '{i}_cues' has a class outside 0..{num_classes - 1} "
-                             f"or a position outside the {grid_size}x{grid_size} grid")
+            raise DatasetError(f"{pickle_path}: '{i}_cues' has a class outside "
+                               f"0..{num_classes - 1} or a position outside the "
+                               f"{grid_size}x{grid_size} grid")
         labels[i, fg] = True
         triples.append(cues.astype(np.uint8))
         offsets[i + 1] = offsets[i] + cues.shape[1]
@@ -206,9 +233,14 @@ def import_official_cues(pickle_path: str | os.PathLike,
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m dsrg_jax.data.cues",
-        description="Convert the official SEC/DSRG cue pickle to a plain .npz (loads without "
-                    "pickle) and print a summary.")
-    parser.add_argument("--pickle", required=True, help="localization_cues.pickle[.gz]")
+        description="Convert an official cue pickle (DSRG's localization_cues-sal.pickle or "
+                    "SEC's localization_cues.pickle.gz) to a plain .npz (loads without pickle) "
+                    "and print a summary.",
+        epilog="Seed PNGs, CAM .npy files (IRN, SEAM, CLIP-ES, ...) and other sources: "
+               "`python -m dsrg_jax.data.cues convert --help`.")
+    parser.add_argument("--pickle", required=True,
+                        help="localization_cues-sal.pickle (DSRG) or localization_cues.pickle.gz "
+                             "(SEC)")
     parser.add_argument("--input-list", default=None,
                         help="train_aug input_list.txt (default: beside the pickle)")
     parser.add_argument("--out", required=True, help="output .npz path")
@@ -221,4 +253,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # The command line also has `convert` (any cue source), which lives in `seeds`, a module
+    # built on this one; run as __main__, this file is not `dsrg_jax.data.cues`, so no cycle.
+    from dsrg_jax.data.seeds import main as convert_or_official_main
+    convert_or_official_main()

@@ -30,11 +30,13 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from dsrg_jax.data.files import write_id_list, write_label_png
 from dsrg_jax.data.records import (
     CueSource,
     DatasetError,
     Problem,
     Record,
+    check_by_loading,
     labels_from_mask,
     lookup_cues,
 )
@@ -275,8 +277,6 @@ class DigitsSource:
         )
 
     def check_item(self, index: int) -> list[Problem]:
-        from dsrg_jax.data.voc import check_by_loading  # local: voc imports records only
-
         return check_by_loading(self, index)
 
 
@@ -356,8 +356,6 @@ def export_voc_tree(
     SegmentationClass/<id>.png (palette), ImageSets/Segmentation/{train,val}.txt.
     Returns the VOC2012 folder.
     """
-    from dsrg_jax.data.files import write_id_list, write_label_png
-
     voc = pathlib.Path(root) / "VOC2012"
     (voc / "JPEGImages").mkdir(parents=True, exist_ok=True)
     for split, n in (("train", num_train), ("val", num_val)):

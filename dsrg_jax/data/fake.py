@@ -8,6 +8,7 @@ import scipy.io
 from PIL import Image
 
 from dsrg_jax.data.files import PathLike, write_id_list, write_label_png
+from dsrg_jax.data.voc import VOC_CLASSES
 
 
 def random_mask(rng: np.random.Generator, h: int, w: int, classes) -> np.ndarray:
@@ -30,8 +31,6 @@ def write_voc_tree(
 
     Returns id -> the uint8[H, W] mask written (the independent truth for tests).
     """
-    from dsrg_jax.data.voc import VOC_CLASSES
-
     voc = pathlib.Path(root) / "VOCdevkit" / "VOC2012"
     rng = np.random.default_rng(seed)
     masks = {}

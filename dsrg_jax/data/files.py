@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import pathlib
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image
@@ -124,7 +124,7 @@ def read_id_list(path: PathLike) -> list[str]:
     if not path.is_file():
         raise DatasetError(f"{path}: id list not found")
     ids = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for line in path.read_text().splitlines():
         line = line.strip()
         if not line:
             continue

@@ -20,7 +20,8 @@ import json
 import logging
 import math
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -205,7 +206,7 @@ class Pipeline:
         self._queue.clear()
         self._pool.shutdown(wait=True, cancel_futures=True)
 
-    def __enter__(self) -> "Pipeline":
+    def __enter__(self) -> Pipeline:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -265,7 +266,7 @@ def main(argv=None) -> None:
 
         src = VOCSource(a.voc_root, a.split)
     if a.stage == "dsrg":
-        tf = T.dsrg_transform(a.size, cue_size=None, fields=("image", "labels", "mask"))
+        tf = T.warp_transform(a.size, cue_size=None, fields=("image", "labels", "mask"))
     else:
         tf = T.crop_transform(a.size, fields=("image", "labels", "mask"))
     with Pipeline(src, global_batch=a.batch, transform=tf, process_index=0, process_count=1,

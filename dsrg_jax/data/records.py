@@ -7,7 +7,8 @@ image came from.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping, Protocol, Sequence, Union
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -115,7 +116,7 @@ def labels_from_mask(mask: np.ndarray, num_classes: int) -> np.ndarray:
 
 # Cues by image id: a mapping or a function of the id giving bool[h, w, C] or a (cues, labels)
 # pair (as `dsrg_jax.data.cues.CueSet[id]` does); ids it lacks give None.
-CueSource = Union[Mapping[str, np.ndarray], Callable[[str], "np.ndarray | None"], Any, None]
+CueSource = Mapping[str, np.ndarray] | Callable[[str], "np.ndarray | None"] | Any | None
 
 
 def lookup_cues(cues: CueSource, image_id: str) -> np.ndarray | None:
@@ -165,3 +166,17 @@ class Subset:
 
     def check_item(self, index: int) -> list[Problem]:
         return self.source.check_item(int(self.indices[index]))
+
+
+def check_by_loading(source, index: int) -> list[Problem]:
+    """Loads item `index` of a source; returns the first DatasetError/ValueError as [Problem]."""
+    image_id = source.ids[index]
+    try:
+        source[index]
+    except (DatasetError, ValueError) as e:
+        msg = str(e)
+        path, sep, problem = msg.partition(": ")
+        if not sep:
+            path, problem = "?", msg
+        return [Problem(image_id, path, problem)]
+    return []

@@ -1,7 +1,7 @@
 """TensorFlow Datasets as a source of images and image-level labels (`voc/2012`, `coco/2014`).
 
-TFDS `voc/2012` has no segmentation masks and no SBD (DESIGN.md 1): records from here carry image
-and labels only. Optional: needs `pip install -r requirements-tfds.txt` (tensorflow-cpu +
+TFDS `voc/2012` has no segmentation masks and no SBD: records from here carry image and labels
+only. Optional: needs `pip install -r requirements-tfds.txt` (tensorflow-cpu +
 tensorflow-datasets) and data already prepared in `data_dir` (nothing is downloaded).
 
 Class order: `voc/2012` label k is VOC class k + 1 (aeroplane = 1 ... tvmonitor = 20); `coco/2014`
@@ -14,8 +14,17 @@ import pathlib
 
 import numpy as np
 
-from dsrg_jax.data.records import CueSource, DatasetError, Problem, Record, lookup_cues
+from dsrg_jax.data.coco import COCO_CLASSES
+from dsrg_jax.data.records import (
+    CueSource,
+    DatasetError,
+    Problem,
+    Record,
+    check_by_loading,
+    lookup_cues,
+)
 from dsrg_jax.data.saliency import SaliencyDir
+from dsrg_jax.data.voc import VOC_CLASSES
 
 # name -> (feature path of the image-level labels, our class names)
 _KNOWN = {
@@ -25,13 +34,7 @@ _KNOWN = {
 
 
 def _class_names(kind: str) -> tuple[str, ...]:
-    if kind == "voc":
-        from dsrg_jax.data.voc import VOC_CLASSES
-
-        return VOC_CLASSES
-    from dsrg_jax.data.coco import COCO_CLASSES
-
-    return COCO_CLASSES
+    return VOC_CLASSES if kind == "voc" else COCO_CLASSES
 
 
 def _import_tfds():
@@ -124,6 +127,4 @@ class TfdsSource:
                       cues=lookup_cues(self.cues, image_id), saliency=sal)
 
     def check_item(self, index: int) -> list[Problem]:
-        from dsrg_jax.data.voc import check_by_loading
-
         return check_by_loading(self, index)

@@ -1,8 +1,8 @@
 """Transforms on `Record`s (pure numpy/OpenCV; randomness only through the `rng` argument).
 
-Per stage (DESIGN.md 2.3-2.5):
+Per stage (the official settings: docs/fidelity.md):
   - cues / dsrg: warp the whole image to 321x321 + random flip; cues (on the 41x41 output grid of
-    the whole warped image) are flipped with it (`dsrg_transform`).
+    the whole warped image) are flipped with it (`warp_transform`).
   - retrain: random 321 crop, image padded with the mean colour (= 0 after mean subtraction), label
     padded with 255, + flip (`crop_transform`). Cues cannot be cropped (their grid is the whole
     image).
@@ -11,18 +11,13 @@ Per stage (DESIGN.md 2.3-2.5):
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import cv2
 import numpy as np
 
+from dsrg_jax.convention import MEAN_RGB_UINT8
 from dsrg_jax.data.records import IGNORE_INDEX, DatasetError, Record
-
-# Caffe VGG16 / DeepLab mean pixel, BGR order (104, 117, 123); RGB below.
-CAFFE_MEAN_BGR = (104.008, 116.669, 122.675)
-MEAN_RGB_UINT8 = (123, 117, 104)  # padding colour: 0 after Caffe mean subtraction (rounded)
-IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
-IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
 
 Transform = Callable[[Record, np.random.Generator], dict]
 
@@ -137,21 +132,6 @@ def pad_crop(
     return dataclasses.replace(rec, image=win(image), mask=win(mask), saliency=win(sal))
 
 
-def normalize(image: np.ndarray, style: str = "caffe") -> np.ndarray:
-    """uint8[..., H, W, 3] RGB -> float32 network input.
-
-    style "caffe": BGR, 0-255, minus (104, 117, 123) (VGG16/DeepLab Caffe weights).
-    style "imagenet": RGB / 255, minus ImageNet mean, over std (torchvision weights).
-    """
-    x = image.astype(np.float32)
-    if style == "caffe":
-        return x[..., ::-1] - np.asarray(CAFFE_MEAN_BGR, np.float32)
-    if style == "imagenet":
-        return (x / 255.0 - np.asarray(IMAGENET_MEAN_RGB, np.float32)) / np.asarray(
-            IMAGENET_STD_RGB, np.float32)
-    raise ValueError(f"style must be 'caffe' or 'imagenet', got {style!r}")
-
-
 def to_example(rec: Record, fields: Sequence[str]) -> dict:
     """The record's arrays as a dict for batching; a requested field the record lacks is an error.
 
@@ -168,7 +148,24 @@ def to_example(rec: Record, fields: Sequence[str]) -> dict:
     return out
 
 
-def dsrg_transform(
+def grid_nearest(mask: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """uint8[H, W] label map -> uint8[h, w] on the output grid (nearest neighbour)."""
+    return cv2.resize(mask, (grid[1], grid[0]), interpolation=cv2.INTER_NEAREST)
+
+
+def interp_labels(mask: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """uint8[H, W] label map -> uint8[h, w] as Caffe's Interp layer samples labels onto the
+    output grid (the official train-f.prototxt `label_shrink`, shrink_factor 8): corner-aligned,
+    the top-left tap, in Caffe's float32 arithmetic: row i reads int(float32((H-1)/(h-1)) * i).
+    For a 321 crop and a 41x41 grid that is label[8i, 8j]."""
+    def taps(n_in: int, n_out: int) -> np.ndarray:
+        ratio = np.float32((n_in - 1) / (n_out - 1)) if n_out > 1 else np.float32(0.0)
+        return (ratio * np.arange(n_out, dtype=np.float32)).astype(np.int64)
+
+    return mask[np.ix_(taps(mask.shape[0], grid[0]), taps(mask.shape[1], grid[1]))]
+
+
+def warp_transform(
     size: int = 321, cue_size: int | None = 41, fields: Sequence[str] = ("image", "labels", "cues"),
     flip: bool = True,
 ) -> Transform:

@@ -14,16 +14,18 @@ from __future__ import annotations
 
 import pathlib
 import xml.etree.ElementTree as ET
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from dsrg_jax.data import safe_pickle
 from dsrg_jax.data.files import PathLike, read_id_list, read_image, read_label_png
 from dsrg_jax.data.records import (
     CueSource,
     DatasetError,
     Problem,
     Record,
+    check_by_loading,
     labels_from_mask,
     lookup_cues,
 )
@@ -66,22 +68,40 @@ def decode_int_id(key) -> str:
     return str(key)
 
 
-def load_cls_labels(path: PathLike, num_classes: int = NUM_VOC_CLASSES) -> dict[str, np.ndarray]:
-    """Reads an image-level labels file (`cls_labels.npy`: dict id -> float[C-1] or float[C]).
+_CLS_LABELS_FORMAT = "dsrg_jax.cls_labels/1"
+_NPY_MAGIC, _ZIP_MAGIC = b"\x93NUMPY", b"PK\x03\x04"
 
-    Keys may be strings ("2007_000032") or IRN's ints (2007000032). Vectors without background
-    (C-1 entries) get background prepended. Returns id -> bool[C] (channel 0 True).
+
+def load_cls_labels(path: PathLike, num_classes: int = NUM_VOC_CLASSES) -> dict[str, np.ndarray]:
+    """Reads an image-level labels file: id -> bool[C] (channel 0, background, True).
+
+    Two formats, told apart by their first bytes, whatever the suffix:
+      - ours (`save_cls_labels`): an `.npz` of `ids` str[N] and `labels` bool[N, C], read with
+        `allow_pickle=False`;
+      - the WSSS `cls_labels.npy` (IRN, SEAM): a pickled dict id -> float[C-1] or float[C], read
+        with a restricted unpickler that admits plain data and numeric arrays only, never code.
+        Keys may be strings ("2007_000032") or IRN's ints (2007000032); vectors without
+        background (C-1 entries) get background prepended.
     """
     path = pathlib.Path(path)
     if not path.is_file():
         raise DatasetError(f"{path}: labels file not found")
+    with open(path, "rb") as f:
+        head = f.read(6)
+    if head.startswith(_ZIP_MAGIC):
+        return _load_cls_labels_npz(path, num_classes)
+    if head != _NPY_MAGIC:
+        raise DatasetError(f"{path}: not a labels file (expected the .npz of save_cls_labels or "
+                           f"a cls_labels.npy; first bytes {head!r})")
     try:
-        obj = np.load(path, allow_pickle=True)
-        table = obj.item() if obj.dtype == object and obj.shape == () else None
-    except Exception as e:
-        raise DatasetError(f"{path}: cannot read labels file ({type(e).__name__}: {e})") from e
+        table = safe_pickle.load_npy_object(path, what="labels file")
+    except DatasetError as e:
+        raise DatasetError(
+            f"{e}; regenerate it without pickles: save_cls_labels(path, "
+            f"derive_cls_labels(mask_dir, ids)), or pass labels='mask' or 'xml'") from None
     if not isinstance(table, dict):
-        raise DatasetError(f"{path}: expected a pickled dict id -> label vector (cls_labels.npy)")
+        raise DatasetError(f"{path}: expected a pickled dict id -> label vector (cls_labels.npy), "
+                           f"got {type(table).__name__}")
     out = {}
     for key, vec in table.items():
         vec = np.asarray(vec).reshape(-1)
@@ -98,10 +118,39 @@ def load_cls_labels(path: PathLike, num_classes: int = NUM_VOC_CLASSES) -> dict[
     return out
 
 
+def _load_cls_labels_npz(path: pathlib.Path, num_classes: int) -> dict[str, np.ndarray]:
+    """Reads the `.npz` of `save_cls_labels`: id -> bool[C]."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if "format" not in f.files or str(f["format"]) != _CLS_LABELS_FORMAT:
+                raise DatasetError(f"{path}: not a dsrg_jax labels file (expected format "
+                                   f"{_CLS_LABELS_FORMAT!r}, keys found: {sorted(f.files)})")
+            ids, labels = f["ids"], f["labels"]
+    except DatasetError:
+        raise
+    except Exception as e:
+        raise DatasetError(f"{path}: cannot read labels file ({type(e).__name__}: {e})") from e
+    if ids.ndim != 1 or ids.dtype.kind != "U" or labels.dtype != bool \
+            or labels.shape != (ids.shape[0], num_classes):
+        raise DatasetError(f"{path}: expected ids str[N] and labels bool[N, {num_classes}], got "
+                           f"{ids.dtype}{list(ids.shape)} and {labels.dtype}{list(labels.shape)}")
+    out = {str(i): lab.copy() for i, lab in zip(ids, labels)}
+    for lab in out.values():
+        lab[0] = True
+    return out
+
+
 def save_cls_labels(path: PathLike, labels: Mapping[str, np.ndarray]) -> None:
-    """Writes id -> float32[C-1] (no background, the WSSS convention) as a pickled dict .npy."""
-    table = {k: np.asarray(v[1:], np.float32) for k, v in labels.items()}
-    np.save(path, np.array(table, dtype=object), allow_pickle=True)
+    """Writes id -> bool[C] (channel 0 = background) as a pickle-free `.npz` at exactly `path`.
+
+    The file holds `ids` str[N] and `labels` bool[N, C]; `load_cls_labels` reads it back.
+    """
+    ids = list(labels)
+    table = np.stack([np.asarray(labels[i], bool).reshape(-1) for i in ids]) if ids else \
+        np.zeros((0, NUM_VOC_CLASSES), bool)
+    with open(path, "wb") as f:  # a file object: np.savez would append ".npz" to a path
+        np.savez_compressed(f, format=np.array(_CLS_LABELS_FORMAT),
+                            ids=np.array(ids, dtype=str), labels=table)
 
 
 def labels_from_xml(path: PathLike, class_names: Sequence[str] = VOC_CLASSES) -> np.ndarray:
@@ -262,17 +311,3 @@ class VOCSource:
     def check_item(self, index: int) -> list[Problem]:
         """The problem with item `index` ([] if none); reads (fully decodes) all its files."""
         return check_by_loading(self, index)
-
-
-def check_by_loading(source, index: int) -> list[Problem]:
-    """Loads item `index` of a source; returns the first DatasetError/ValueError as [Problem]."""
-    image_id = source.ids[index]
-    try:
-        source[index]
-    except (DatasetError, ValueError) as e:
-        msg = str(e)
-        path, sep, problem = msg.partition(": ")
-        if not sep:
-            path, problem = "?", msg
-        return [Problem(image_id, path, problem)]
-    return []

@@ -12,7 +12,7 @@ batch-norm tensors and is never updated.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import numpy as np
@@ -28,6 +28,7 @@ from dsrg_jax.models.layers import (
     caffe_pool_output_size,
 )
 from dsrg_jax.models.resnet import ResNetTrunk
+from dsrg_jax.models.small import SmallCAM, SmallClassifier, SmallDeepLab
 from dsrg_jax.models.vgg16 import VGG16Trunk
 
 __all__ = [
@@ -37,6 +38,9 @@ __all__ = [
     "FrozenBatchNorm",
     "MODELS",
     "ResNetTrunk",
+    "SmallCAM",
+    "SmallClassifier",
+    "SmallDeepLab",
     "VGG16CAM",
     "VGG16Trunk",
     "caffe_avg_pool_same",
@@ -45,13 +49,17 @@ __all__ = [
     "classifier_mask",
     "count_params",
     "create_model",
+    "model_for",
 ]
 
-# Model names for configs.
+# Model names for configs and benchmarks.
 MODELS: dict[str, type[nn.Module]] = {
     "deeplab_vgg16": DeepLabV2VGG16,
     "deeplab_resnet101": DeepLabV2ResNet101,
     "cam_vgg16": VGG16CAM,
+    "small_deeplab": SmallDeepLab,
+    "small_cam": SmallCAM,
+    "small_classifier": SmallClassifier,
 }
 
 
@@ -64,6 +72,27 @@ def create_model(name: str, *, num_classes: int, **kwargs: Any) -> nn.Module:
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; expected one of {sorted(MODELS)}")
     return MODELS[name](num_classes=num_classes, **kwargs)
+
+
+def model_for(m: Any, kind: Literal["pretrain", "cam", "seg"], num_classes: int) -> nn.Module:
+    """The net of a pipeline stage from a `ModelConfig`: kind "seg" (the segmentation net,
+    `num_classes` outputs), "cam" (the CAM classifier, `num_classes - 1` foreground outputs) or
+    "pretrain" (the small trunk's single-digit classifier, `num_classes - 1` outputs).
+    `num_classes` counts the background."""
+    name = m.classifier if kind in ("cam", "pretrain") else m.segmentation
+    if kind == "pretrain" and name != "small":
+        raise ValueError(f"the pretrain stage needs model.classifier='small', got {name!r}")
+    if name != "small":
+        return create_model(name, num_classes=num_classes if kind == "seg" else num_classes - 1)
+    if kind == "pretrain":
+        return SmallClassifier(num_classes - 1, widths=m.widths,
+                               convs_per_block=m.convs_per_block)
+    if kind == "cam":
+        return SmallCAM(num_classes - 1, widths=m.widths, head_width=m.head_width,
+                        convs_per_block=m.convs_per_block)
+    return SmallDeepLab(num_classes, widths=m.widths, head_width=m.head_width,
+                        convs_per_block=m.convs_per_block, dilations=m.small_dilations,
+                        dropout_rate=m.dropout_rate)
 
 
 def classifier_mask(params: Any) -> Any:

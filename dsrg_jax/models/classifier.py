@@ -1,4 +1,4 @@
-"""VGG16 multi-label classification net whose last feature map gives the CAMs (DESIGN 2.1)."""
+"""VGG16 multi-label classification net whose last feature map gives the CAMs."""
 from __future__ import annotations
 
 from typing import Any

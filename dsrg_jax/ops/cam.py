@@ -1,4 +1,4 @@
-"""Class activation maps and seed cues from CAMs + saliency (DESIGN.md 2.1).
+"""Class activation maps and seed cues from CAMs + saliency.
 
 CAM of class c (Zhou et al. 2016): `cam_c(x) = sum_k w_kc f_k(x)` over the last convolutional
 features, ReLU, divided by its maximum per image and class. Seed cues on the same grid:
@@ -14,7 +14,7 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
-# SEC / DSRG constants (DESIGN.md 2.1).
+# SEC / DSRG constants (docs/fidelity.md gives the source of each).
 FG_RELATIVE_THRESHOLD = 0.2      # SEC: cam_c > 0.2 * max(cam_c)
 FG_TOP_FRACTION = 0.2            # paper: "top 20%" of the CAM's pixels
 BG_SALIENCY_THRESHOLD = 0.06     # SEC: normalised saliency < 0.06
@@ -43,15 +43,16 @@ def class_activation_maps(features: jax.Array, weights: jax.Array,
         raise ValueError(f"class_activation_maps: `features` must be float[B, h, w, K], "
                          f"got shape {tuple(features.shape)}")
     if weights.ndim != 2 or weights.shape[0] != features.shape[-1]:
-        raise ValueError(f"class_activation_maps: `weights` must be float[K={features.shape[-1]}, F],"
-                         f" got shape {tuple(weights.shape)}")
+        raise ValueError(f"class_activation_maps: `weights` must be "
+                         f"float[K={features.shape[-1]}, F], got shape {tuple(weights.shape)}")
     cams = jax.nn.relu(jnp.einsum("bhwk,kf->bhwf", features, weights))
     peak = jnp.max(cams, axis=(1, 2), keepdims=True)
     cams = jnp.where(peak > _EPS, cams / jnp.maximum(peak, _EPS), 0.0)
     if image_labels is not None:
         if image_labels.shape != (features.shape[0], weights.shape[1]):
             raise ValueError(f"class_activation_maps: `image_labels` must be bool"
-                             f"{[features.shape[0], weights.shape[1]]}, got {tuple(image_labels.shape)}")
+                             f"{[features.shape[0], weights.shape[1]]}, "
+                             f"got {tuple(image_labels.shape)}")
         cams = jnp.where(image_labels[:, None, None, :], cams, 0.0)
     return cams
 

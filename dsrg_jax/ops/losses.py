@@ -1,4 +1,4 @@
-"""DSRG / SEC losses (DESIGN.md 2.3), as in the official Caffe/Theano layers.
+"""DSRG / SEC losses, as in the official Caffe/Theano layers.
 
 `probs` everywhere is the segmentation net's `probs_from_logits` output, float[B, H, W, C] with
 channel 0 = background; cues are bool[B, H, W, C] multi-hot.

@@ -1,10 +1,10 @@
 """Segmentation metrics as sums: confusion matrices (jit-able) and scores from them (host).
 
-Standard protocol (DESIGN.md 2.5): one confusion matrix over the whole split, pixels whose ground
-truth is 255 ignored, IoU = TP / (TP + FP + FN) per class, mIoU = mean over all classes. A class
-that appears neither in the ground truth nor in the predictions has no IoU (NaN) and is left out
-of the mean; a class with a union but no true positive counts as 0 (the official DSRG script
-dropped those: a bug).
+Standard protocol: one confusion matrix over the whole split, pixels whose ground truth is 255
+ignored, IoU = TP / (TP + FP + FN) per class, mIoU = mean over all classes. A class that appears
+neither in the ground truth nor in the predictions has no IoU (NaN) and is left out of the mean;
+a class with a union but no true positive counts as 0 (the official DSRG script dropped those: a
+bug).
 
 Per-batch counts are int32 on the device; accumulate them on the host in int64 (`np.add`), since
 a large split (e.g. COCO val) has more pixels than int32 holds.

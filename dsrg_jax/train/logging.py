@@ -69,6 +69,31 @@ class MetricsWriter:
                 if isinstance(v, (int, float)) and k not in ("step",) and math.isfinite(v):
                     board.add_scalar(k, v, int(step))
 
+    def resume(self, stage: str, step: int) -> int:
+        """Drops the metrics.jsonl rows of `stage` past `step` (written after the checkpoint a
+        resumed run restarts from), so the log has each step once; returns how many."""
+        if not self.enabled:
+            return 0
+        self._jsonl.close()
+        path = self.workdir / "metrics.jsonl"
+        kept, dropped = [], 0
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:      # a line cut by a kill mid-write
+                dropped += 1
+                continue
+            if row.get("stage") == stage and int(row.get("step", 0)) > step:
+                dropped += 1
+            else:
+                kept.append(line)
+        if dropped:
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text("".join(f"{line}\n" for line in kept))
+            tmp.replace(path)
+        self._jsonl = open(path, "a")
+        return dropped
+
     def image(self, stage: str, step: int, tag: str, image: np.ndarray) -> None:
         """A uint8[H, W, 3] image (e.g. a grid of cues / predictions) in TensorBoard."""
         if not self.enabled:

@@ -3,8 +3,9 @@
 `train_loop` runs one stage from its latest checkpoint (or step 0) to `max_steps`:
   - resume: parameters, optimiser state, step, RNG and the data position (`Pipeline.state()`)
     come back from the last checkpoint, plus whatever the stage's `hook` keeps;
-  - SIGTERM (preemption) or Ctrl-C: the current step finishes, a checkpoint is saved, and
-    `Preempted` is raised (the CLIs exit with 128 + signal number);
+  - SIGTERM (preemption) or Ctrl-C to any process: the current step finishes, every process
+    saves the checkpoint together, and `Preempted` is raised (the CLIs exit with 128 + signal
+    number);
   - a non-finite loss raises `TrainingDiverged` without saving: the last good checkpoint stays.
 """
 from __future__ import annotations
@@ -12,12 +13,13 @@ from __future__ import annotations
 import math
 import signal
 import time
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import jax
 import numpy as np
 
-from dsrg_jax.sharding import global_batch
+from dsrg_jax.sharding import any_process, global_batch
 from dsrg_jax.train.checkpoint import Checkpoints
 from dsrg_jax.train.logging import MetricsWriter, log, progress
 
@@ -102,7 +104,8 @@ def train_loop(
       lr_fn: step -> learning rate, logged.
       hook: per-stage bookkeeping, saved in the checkpoint's metadata.
       checkpoint_every, log_every: in steps.
-      on_step: optional (step, batch, aux, state) callback (e.g. TensorBoard images), after the step.
+      on_step: optional (step, batch, aux, state) callback (e.g. TensorBoard images), after the
+        step.
 
     Returns:
       (final state, the last logged metrics).
@@ -115,6 +118,8 @@ def train_loop(
         if hook is not None and "hook" in meta:
             hook.restore(meta["hook"])
         log(f"[{stage}] resumed from checkpoint at step {start} ({checkpoints.directory})")
+        if writer is not None:
+            writer.resume(stage, start)
     if start >= max_steps:
         return state, meta.get("last", {})
     pipe = make_pipeline(meta.get("pipeline"))
@@ -155,10 +160,13 @@ def train_loop(
                     rate = (done - n0) / max(time.perf_counter() - t0, 1e-9)
                     writer.scalars(stage, done, {**scalars, "steps_per_s": rate})
                     bar.set_postfix(loss=f"{loss:.4f}")
-                if done % checkpoint_every == 0 or done == max_steps or signals.received:
+                # A signal to any process stops all of them after the same step.
+                stop = any_process(signals.received is not None)
+                if done % checkpoint_every == 0 or done == max_steps or stop:
                     save(done)
-                if signals.received:
-                    raise Preempted(signals.received, stage, done, str(checkpoints.directory))
+                if stop:
+                    raise Preempted(signals.received or signal.SIGTERM, stage, done,
+                                    str(checkpoints.directory))
     finally:
         bar.close()
         pipe.close()

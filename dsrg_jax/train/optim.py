@@ -7,14 +7,15 @@ DSRG's prototxt: weights lr_mult 1 / decay 1, biases lr_mult 2 / decay 0, the ne
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 from flax import traverse_util
 
-from dsrg_jax.train.config import OptimConfig
+from dsrg_jax.config import OptimConfig
 
 
 def lr_schedule(cfg: OptimConfig) -> Callable[[jax.Array], jax.Array]:

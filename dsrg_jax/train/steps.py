@@ -15,7 +15,8 @@ count either.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -23,13 +24,19 @@ import optax
 from flax import linen as nn
 from jax import lax
 
+from dsrg_jax.config import DSRGConfig
+from dsrg_jax.convention import CAFFE_MEAN_BGR
 from dsrg_jax.ops.crf import dense_crf, downsample_image
 from dsrg_jax.ops.grow import dsrg_grow
-from dsrg_jax.ops.losses import (balanced_seed_loss, constrain_loss, probs_from_logits,
-                                 sec_seed_loss)
+from dsrg_jax.ops.losses import (
+    MIN_PROB,
+    balanced_seed_loss,
+    constrain_loss,
+    probs_from_logits,
+    sec_seed_loss,
+)
 from dsrg_jax.ops.metrics import cue_counts
 from dsrg_jax.sharding import batch_sharding, per_device, replicated
-from dsrg_jax.train.config import DSRGConfig
 from dsrg_jax.weights import InputConvention
 
 State = dict[str, Any]
@@ -97,7 +104,7 @@ def make_cam_train_step(model: nn.Module, tx, convention: InputConvention, mesh,
     """(state, batch) -> (state, aux): one classification step of the CAM net.
 
     batch: image, labels (bool[B, C] incl. background; the net sees channels 1..), valid.
-    Multi-label (DESIGN 2.1): mean sigmoid cross-entropy over the classes. single_label
+    Multi-label: mean sigmoid cross-entropy over the classes. single_label
     (pretraining on one-digit images, exactly one label per image): softmax cross-entropy.
     aux["metrics"]: loss, exact_match (the predicted label set / class is the true one).
     """
@@ -125,11 +132,21 @@ def make_cam_train_step(model: nn.Module, tx, convention: InputConvention, mesh,
 # ------------------------------------------------------------------------------------ dsrg
 
 
-def crf_params(cfg: DSRGConfig) -> dict[str, Any]:
-    """The training CRF's parameters from the config (official: DESIGN.md 2.3)."""
-    return dict(unary="prob", bi_w=cfg.crf_bi_w, bi_xy=cfg.crf_bi_xy, bi_rgb=cfg.crf_bi_rgb,
-                pos_w=cfg.crf_pos_w, pos_xy=cfg.crf_pos_xy, iterations=cfg.crf_iterations,
-                kernel=cfg.crf_kernel)
+def caffe_floor(probs: jax.Array, floor: float = MIN_PROB) -> jax.Array:
+    """`P < floor -> floor` in the forward pass, the gradient of P passed through unchanged: the
+    official CRF layer floors the softmax blob in place (`probs[probs < min_prob] = min_prob`),
+    which the CRF, the growth and both losses then read, while the softmax's backward is
+    computed from its own inputs. probs: float[B, h, w, C]."""
+    return probs + lax.stop_gradient(jnp.maximum(probs, floor) - probs)
+
+
+def crf_image(images: jax.Array, grid: tuple[int, int]) -> jax.Array:
+    """The training CRF's image as the official CRF layer makes it: the Caffe blob (BGR minus
+    the mean) zoomed to the grid with scipy's order-1 zoom, the mean added back, rounded.
+    images: uint8[B, H, W, 3] RGB -> uint8[B, h, w, 3] BGR. (With the permutohedral lattice the
+    channel order changes the result; the exact kernel does not depend on it.)"""
+    bgr = images.astype(jnp.float32)[..., ::-1] - jnp.asarray(CAFFE_MEAN_BGR, jnp.float32)
+    return downsample_image(bgr, tuple(grid), mean=CAFFE_MEAN_BGR)
 
 
 def grow_thresholds(cfg: DSRGConfig) -> tuple[float, float]:
@@ -147,7 +164,7 @@ def crf_and_grow(images_small: jax.Array, probs: jax.Array, cues: jax.Array, lab
     Returns:
       (q float[B, h, w, C] CRF output, grown bool[B, h, w, C]).
     """
-    q = dense_crf(images_small, lax.stop_gradient(probs), **crf_params(cfg))
+    q = dense_crf(images_small, lax.stop_gradient(probs), cfg.crf, kernel=cfg.crf_kernel)
     if not cfg.grow:
         return q, cues
     theta_fg, theta_bg = grow_thresholds(cfg)
@@ -158,8 +175,6 @@ def dsrg_losses(probs: jax.Array, q: jax.Array, grown: jax.Array, valid: jax.Arr
                 cfg: DSRGConfig) -> dict[str, jax.Array]:
     """Seed loss on the grown cues + constrain loss, each a valid-weighted mean over images."""
     seed_fn = balanced_seed_loss if cfg.seed_loss == "balanced" else sec_seed_loss
-    if cfg.seed_loss not in ("balanced", "sec"):
-        raise ValueError(f"dsrg.seed_loss must be 'balanced' or 'sec', got {cfg.seed_loss!r}")
     seed = weighted_mean(jax.vmap(lambda p, c: seed_fn(p[None], c[None]))(probs, grown), valid)
     out = {"seed_loss": seed}
     if cfg.constrain_loss:
@@ -174,10 +189,11 @@ def dsrg_losses(probs: jax.Array, q: jax.Array, grown: jax.Array, valid: jax.Arr
 
 def make_dsrg_train_step(model: nn.Module, tx, convention: InputConvention, mesh,
                          cfg: DSRGConfig) -> Callable:
-    """(state, batch) -> (state, aux): one DSRG step (DESIGN.md 2.3).
+    """(state, batch) -> (state, aux): one DSRG step, as the official training step.
 
-    logits -> P -> [per device: CRF Q, growth from the original cues] -> balanced seed loss on the
-    grown cues + constrain loss -> Caffe SGD update.
+    logits -> P (floored as Caffe, `caffe_floor`) -> [per device: CRF Q of the BGR image
+    (`crf_image`), growth from the original cues] -> balanced seed loss on the grown cues +
+    constrain loss -> Caffe SGD update.
 
     batch: image, labels, cues, valid, optional grid_mask (for the supervision quality).
     aux["metrics"]: loss, seed_loss, constrain_loss, counts_grown / counts_cues int32[C, 3]
@@ -191,9 +207,8 @@ def make_dsrg_train_step(model: nn.Module, tx, convention: InputConvention, mesh
         x = convention.normalize(batch["image"].astype(jnp.float32))
         key = step_key(state)
         logits = apply_with_dropout(model, _variables(params, state["frozen"]), x, key)
-        probs = probs_from_logits(logits)
-        small = downsample_image(batch["image"].astype(jnp.float32), probs.shape[1:3],
-                                 mean=(0.0, 0.0, 0.0))
+        probs = caffe_floor(probs_from_logits(logits))
+        small = crf_image(batch["image"], probs.shape[1:3])
         q, grown = grid_fn(small, probs, batch["cues"], batch["labels"])
         losses = dsrg_losses(probs, q, grown, batch["valid"], cfg)
         return losses["loss"], (losses, q, grown, probs, small)

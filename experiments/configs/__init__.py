@@ -1,1 +1,1 @@
-"""One config per experiment: `voc`, `coco`, `digits` (every hyperparameter, DESIGN defaults)."""
+"""One config per experiment: `voc`, `coco`, `digits` (every hyperparameter, official defaults)."""

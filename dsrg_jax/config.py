@@ -1,13 +1,19 @@
 """Experiment configuration: every hyperparameter of the pipeline in one nested dataclass.
 
-Defaults are the official DSRG/Caffe values (DESIGN.md 2); `experiments/configs/*.py` derive one
-config per experiment. The resolved config is printed at start and saved as JSON in the workdir.
+Defaults are the official DSRG/Caffe values (docs/fidelity.md lists each with its source);
+`experiments/configs/*.py` derive one config per experiment. The resolved config is saved as JSON
+in the workdir. Fields with a fixed set of values are `Literal`s, checked when the config is built
+(`Config.validate`, run by `config_from_dict` / `override` and by the runner), so a bad value fails
+at start, naming the field and the allowed values.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any
+import typing
+from typing import Any, Literal
+
+from dsrg_jax.ops.crf import TRAIN_CRF, CRFParams
 
 
 class ConfigError(ValueError):
@@ -18,7 +24,7 @@ class ConfigError(ValueError):
 @dataclasses.dataclass
 class DataConfig:
     """Dataset and input sizes."""
-    dataset: str = "voc"                   # "voc" | "coco" | "digits"
+    dataset: Literal["voc", "coco", "digits"] = "voc"
     data_dir: str | None = None            # VOCdevkit / COCO root (not used by digits)
     train_split: str = "train_aug"
     val_split: str = "val"
@@ -33,8 +39,9 @@ class DataConfig:
     # Image-level labels of the dsrg stage's train images: "masks" (from the ground-truth masks)
     # or "cues" (the cue set's labels: with the official cue file, SEC's "<i>_labels", as the
     # published DSRG trains; they differ on a few images). The CAM classifier always uses masks.
-    labels_from: str = "masks"
-    input_convention: str | None = None    # "caffe" | "torchvision" | None: from the weights file
+    labels_from: Literal["masks", "cues"] = "masks"
+    # None: from the weights file ("caffe" for random init).
+    input_convention: Literal["caffe", "torchvision", None] = None
     num_workers: int = 2                   # loader threads
     flip: bool = True                      # random horizontal flips when training (all stages;
                                            # off for digits: a mirrored digit is not a digit)
@@ -42,9 +49,9 @@ class DataConfig:
 
 @dataclasses.dataclass
 class ModelConfig:
-    """Networks. name: "deeplab_vgg16" | "deeplab_resnet101" | "small" (digits, from scratch)."""
-    segmentation: str = "deeplab_vgg16"
-    classifier: str = "cam_vgg16"          # "cam_vgg16" | "small"
+    """Networks: the segmentation net, the CAM classifier ("small": the digits' reduced nets)."""
+    segmentation: Literal["deeplab_vgg16", "deeplab_resnet101", "small"] = "deeplab_vgg16"
+    classifier: Literal["cam_vgg16", "small"] = "cam_vgg16"
     init_weights: str | None = None        # ImageNet .pth / .safetensors (None: from scratch)
     # The CAM classifier's (VGG16) ImageNet weights; None: init_weights.
     classifier_init_weights: str | None = None
@@ -58,11 +65,11 @@ class ModelConfig:
 @dataclasses.dataclass
 class OptimConfig:
     """Caffe SGD: lr inside the momentum buffer, weight decay, lr multipliers, schedule."""
-    optimizer: str = "caffe_sgd"           # "caffe_sgd" | "adam" (from-scratch digits classifier)
+    optimizer: Literal["caffe_sgd", "adam"] = "caffe_sgd"   # adam: the from-scratch digits nets
     base_lr: float = 5e-4
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    schedule: str = "step"                 # "step" | "poly" | "constant"
+    schedule: Literal["step", "poly", "constant"] = "step"
     step_size: int = 1000                  # official code: x0.33 every 1000 (paper: /10 / 2000)
     gamma: float = 0.33
     power: float = 0.9                     # poly
@@ -89,10 +96,11 @@ class PretrainConfig:
 
 @dataclasses.dataclass
 class CueConfig:
-    """Stage `cues`: CAM classifier training and seed cues (DESIGN.md 2.1)."""
+    """Stage `cues`: CAM classifier training and seed cues."""
     optim: OptimConfig = dataclasses.field(default_factory=lambda: OptimConfig(
         base_lr=1e-3, schedule="step", step_size=2000, gamma=0.1, max_steps=6000))
-    fg_rule: str = "relative"              # SEC code: cam > 0.2 max | paper: "top_fraction" 20%
+    fg_rule: Literal["relative", "top_fraction"] = "relative"  # SEC code: cam > 0.2 max;
+                                                                # paper: top 20%
     fg_threshold: float = 0.2
     fg_top_fraction: float = 0.2
     bg_saliency_threshold: float = 0.06
@@ -101,31 +109,26 @@ class CueConfig:
 
 @dataclasses.dataclass
 class DSRGConfig:
-    """Stage `dsrg`: segmentation training with seeded region growing (DESIGN.md 2.3)."""
+    """Stage `dsrg`: segmentation training with seeded region growing."""
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     theta_fg: float = 0.85
     theta_bg: float = 0.99
     grow: bool = True                      # False: fixed cues (the ablation baseline)
     grow_fg: bool = True                   # grow foreground classes
     grow_bg: bool = True                   # grow background
-    seed_loss: str = "balanced"            # "balanced" (DSRG) | "sec"
+    seed_loss: Literal["balanced", "sec"] = "balanced"   # balanced: DSRG; sec: the baseline
     constrain_loss: bool = True
-    # JAX CRF on the output grid: "lattice" | "exact" | "auto". "lattice" (default): pydensecrf's
-    # permutohedral approximation, as the official code ran it (equal to float rounding).
-    # "exact": the exact Gaussian filtering (faster on CPU up to ~49x49 grids, but a different
-    # CRF: 92-97% argmax agreement with pydensecrf2). "auto": "exact" up to 2048 grid pixels.
-    crf_kernel: str = "lattice"
-    crf_bi_w: float = 10.0
-    crf_bi_xy: float = 80.0 / 12.0
-    crf_bi_rgb: float = 13.0
-    crf_pos_w: float = 3.0
-    crf_pos_xy: float = 3.0 / 12.0
-    crf_iterations: int = 10
+    # JAX CRF on the output grid. "lattice" (default): pydensecrf's permutohedral approximation,
+    # as the official code ran it (equal to float rounding). "exact": the exact Gaussian
+    # filtering (faster on CPU up to ~49x49 grids, but a different CRF: 92-97% argmax agreement
+    # with pydensecrf2). "auto": "exact" up to 2048 grid pixels.
+    crf_kernel: Literal["lattice", "exact", "auto"] = "lattice"
+    crf: CRFParams = TRAIN_CRF             # the official training CRF
 
 
 @dataclasses.dataclass
 class PseudoConfig:
-    """Stage `pseudo`: CRF-refined multi-scale predictions on the train split (DESIGN.md 2.4)."""
+    """Stage `pseudo`: CRF-refined multi-scale predictions on the train split."""
     sizes: tuple[int, ...] = (241, 321, 401)
     crf: bool = True
     restrict_to_labels: bool = False       # official: argmax over all classes
@@ -134,15 +137,18 @@ class PseudoConfig:
 
 @dataclasses.dataclass
 class RetrainConfig:
-    """Stage `retrain`: fresh net, fully supervised on the pseudo-labels."""
+    """Stage `retrain`: a segmentation net fully supervised on the pseudo-labels."""
     enabled: bool = True
+    # "dsrg": start from the dsrg stage's final weights (official run.sh: --weights
+    # model-s_iter_8000.caffemodel); "imagenet": a fresh net from the ImageNet init (a deviation).
+    init: Literal["dsrg", "imagenet"] = "dsrg"
     optim: OptimConfig = dataclasses.field(default_factory=lambda: OptimConfig(
         base_lr=1e-3, schedule="poly", power=0.9, batch_size=10, max_steps=20000))
 
 
 @dataclasses.dataclass
 class EvalConfig:
-    """Stage `eval` (DESIGN.md 2.5)."""
+    """Stage `eval`: multi-scale + CRF predictions of val, scored."""
     scales: tuple[float, ...] = (0.75, 1.0, 1.25)
     crf: bool = True
     flip: bool = False
@@ -181,30 +187,89 @@ class Config:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
+    def summary(self) -> str:
+        """One line: the config's name and its fields that differ from the defaults."""
+        flat, default = flatten(self.to_dict()), flatten(Config().to_dict())
+        changed = [f"{k}={json.dumps(v)}" for k, v in flat.items() if default.get(k) != v]
+        return f"config {self.name}: " + (", ".join(changed) or "the defaults")
 
-def _from_dict(cls, values: dict):
+    def validate(self) -> Config:
+        """Raises ConfigError naming the first field with a value outside its allowed set or
+        range (`Literal` choices, positive step counts and batches, thresholds in [0, 1])."""
+        _check_choices(self, "")
+        for stage in ("pretrain", "cues", "dsrg", "retrain"):
+            optim = getattr(self, stage).optim
+            for name in ("max_steps", "batch_size", "step_size"):
+                if getattr(optim, name) < 1:
+                    raise ConfigError(f"{stage}.optim.{name} must be >= 1, got "
+                                      f"{getattr(optim, name)}")
+        for name in ("pseudo.batch_size", "eval.batch_size", "data.num_classes"):
+            section, field = name.split(".")
+            if getattr(getattr(self, section), field) < 1:
+                raise ConfigError(f"{name} must be >= 1, got "
+                                  f"{getattr(getattr(self, section), field)}")
+        for name in ("dsrg.theta_fg", "dsrg.theta_bg", "cues.fg_threshold",
+                     "cues.fg_top_fraction", "cues.bg_saliency_threshold",
+                     "cues.bg_cam_threshold"):
+            section, field = name.split(".")
+            value = getattr(getattr(self, section), field)
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"{name} must be in [0, 1], got {value}")
+        return self
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _check_choices(obj: Any, prefix: str) -> None:
+    """ConfigError for the first `Literal` field of `obj` (recursively) outside its choices."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            if type(value).__module__ == __name__:
+                _check_choices(value, f"{prefix}{f.name}.")
+            continue
+        hint = hints.get(f.name)
+        if typing.get_origin(hint) is Literal and value not in typing.get_args(hint):
+            allowed = ", ".join(json.dumps(a) for a in typing.get_args(hint))
+            raise ConfigError(f"config field {prefix}{f.name} must be one of {allowed}; got "
+                              f"{json.dumps(value)}")
+
+
+def _from_dict(default: Any, values: dict) -> Any:
+    """`default` (a dataclass instance) with the fields in `values` replaced, recursively."""
     kwargs = {}
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    names = {f.name for f in dataclasses.fields(default)}
     for key, value in values.items():
-        if key not in fields:
-            raise ValueError(f"config: unknown field {cls.__name__}.{key}")
-        default = getattr(cls(), key) if dataclasses.is_dataclass(cls) else None
-        if dataclasses.is_dataclass(default):
-            kwargs[key] = _from_dict(type(default), value)
-        elif isinstance(default, tuple) and isinstance(value, list):
+        if key not in names:
+            raise ConfigError(f"config: unknown field {type(default).__name__}.{key}")
+        current = getattr(default, key)
+        if dataclasses.is_dataclass(current) and isinstance(value, dict):
+            kwargs[key] = _from_dict(current, value)
+        elif isinstance(current, tuple) and isinstance(value, list):
             kwargs[key] = tuple(value)
         else:
             kwargs[key] = value
-    return cls(**kwargs)
+    return dataclasses.replace(default, **kwargs)
 
 
 def config_from_dict(values: dict) -> Config:
-    """Inverse of `Config.to_dict` (unknown keys are an error)."""
-    return _from_dict(Config, values)
+    """Inverse of `Config.to_dict` (unknown keys are an error), validated."""
+    return _from_dict(Config(), values).validate()
 
 
 def override(config: Config, **dotted: Any) -> Config:
-    """Copy of `config` with dotted-path fields replaced: override(c, **{"dsrg.optim.max_steps": 5})."""
+    """Copy of `config` with dotted-path fields replaced, validated:
+    `override(c, **{"dsrg.optim.max_steps": 5})`."""
     values = config.to_dict()
     for path, value in dotted.items():
         node = values
@@ -212,6 +277,6 @@ def override(config: Config, **dotted: Any) -> Config:
         for p in parents:
             node = node[p]
         if leaf not in node:
-            raise ValueError(f"config: unknown field {path}")
+            raise ConfigError(f"config: unknown field {path}")
         node[leaf] = value
     return config_from_dict(values)

@@ -9,7 +9,8 @@ whole DSRG pipeline trains from scratch on a CPU in minutes. GroupNorm after eac
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -56,7 +57,7 @@ class SmallCAM(nn.Module):
     convs_per_block: int = 2
     head_dilation: int = 2   # conv6/conv7 dilation: a receptive field that covers a whole digit
     group_norm: bool = True
-    pooling: str = "avg"     # "avg" (CAM, DESIGN 2.1) | "max" | "lse" (log-sum-exp, r = 5)
+    pooling: str = "avg"     # "avg" (CAM: global average) | "max" | "lse" (log-sum-exp, r = 5)
     dtype: Any = jnp.float32
 
     @nn.compact

@@ -16,7 +16,8 @@ from __future__ import annotations
 import math
 import os
 import pathlib
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 

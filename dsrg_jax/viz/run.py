@@ -5,34 +5,17 @@ the low-CAM background rule over its threshold."""
 from __future__ import annotations
 
 import pathlib
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
+from matplotlib.patches import Patch
+
+from dsrg_jax.data.files import VOC_PALETTE
+from dsrg_jax.viz.panels import _pyplot, cue_colours, save_overlay_figure
 
 
 def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def palette(num_classes: int | None = None) -> np.ndarray:
-    """uint8[256, 3]: the VOC colour map (`dsrg_jax.data.files.VOC_PALETTE`: background black,
-    255 = ignore / no cue light grey), the colours of the predicted PNGs."""
-    del num_classes  # the same map for every dataset
-    from dsrg_jax.data.files import VOC_PALETTE
-
-    return VOC_PALETTE
-
-
-def cue_image(cues: np.ndarray, pal: np.ndarray) -> np.ndarray:
-    """bool[h, w, C] -> uint8[h, w, 3]: the highest cue class's colour, grey where none."""
-    c = cues.shape[-1]
-    label = np.where(cues.any(-1), c - 1 - np.argmax(cues[..., ::-1], -1), 255)
-    return pal[label]
+    return _pyplot()
 
 
 def supervision_figure(path, records: Sequence[dict]) -> None:
@@ -64,15 +47,15 @@ def growth_figure(path, growth_dir: pathlib.Path, num_classes: int, max_epochs: 
         keep = np.unique(np.linspace(0, len(files) - 1, max_epochs).round().astype(int))
         files = [files[i] for i in keep]
     snaps = [(int(f.stem.split("_")[1]), dict(np.load(f))) for f in files]
-    pal = palette(num_classes)
+    pal = VOC_PALETTE
     first = snaps[0][1]
     n = len(first["images"])
     cols = 2 + len(snaps) + 2
     plt = _plt()
     fig, axes = plt.subplots(n, cols, figsize=(1.6 * cols, 1.7 * n), squeeze=False)
     for i in range(n):
-        panels = [("image", first["images"][i]), ("original cues", cue_image(first["cues"][i], pal))]
-        panels += [(f"grown, epoch {e}", cue_image(s["grown"][i], pal)) for e, s in snaps]
+        panels = [("image", first["images"][i]), ("original cues", cue_colours(first["cues"][i]))]
+        panels += [(f"grown, epoch {e}", cue_colours(s["grown"][i])) for e, s in snaps]
         panels += [("CRF prediction", pal[snaps[-1][1]["pred"][i]]),
                    ("ground truth", pal[first["masks"][i]])]
         for ax, (title, img) in zip(axes[i], panels):
@@ -83,8 +66,6 @@ def growth_figure(path, growth_dir: pathlib.Path, num_classes: int, max_epochs: 
                  fontsize=9)
     fig.tight_layout()
     if class_names is not None:
-        from matplotlib.patches import Patch
-
         shown = set()
         for _, snap in snaps:
             for key in ("cues", "grown"):
@@ -110,7 +91,7 @@ def class_iou_figure(path, evals: dict, class_names: Sequence[str]) -> bool:
     if not evals:
         return False
     plt = _plt()
-    pal = palette() / 255.0
+    pal = VOC_PALETTE / 255.0
     c = len(class_names)
     width = 0.8 / len(evals)
     fig, ax = plt.subplots(figsize=(max(5.0, 0.5 * c + 1.5), 3.6))
@@ -138,13 +119,11 @@ def class_iou_figure(path, evals: dict, class_names: Sequence[str]) -> bool:
 def overlay_figure(path, samples: dict, class_names: Sequence[str], net: str) -> bool:
     """A few fixed val images: image, prediction without CRF, with CRF (if it ran), ground truth,
     as overlays. samples: {"ids", "images", "gt", "pred", "pred_crf"} lists (see
-    `stages.evaluate_model`). False if there are none."""
-    from dsrg_jax import viz
-
+    `dsrg_jax.pipeline.evaluate.evaluate_model`). False if there are none."""
     if not samples or not samples.get("images"):
         return False
     crf = samples["pred_crf"] if all(p is not None for p in samples["pred_crf"]) else None
-    viz.save_overlay_figure(path, samples["images"], samples["pred"], predictions_crf=crf,
+    save_overlay_figure(path, samples["images"], samples["pred"], predictions_crf=crf,
                             ground_truth=samples["gt"], image_ids=samples["ids"],
                             class_names=class_names,
                             title=f"{net} net on val: without / with the CRF")
@@ -175,11 +154,12 @@ def bg_threshold_figure(path, curve: dict) -> None:
     plt.close(fig)
 
 
-def write_all(workdir, results: dict, *, class_names: Sequence[str],
+def write_run_figures(workdir, results: dict, *, class_names: Sequence[str],
               overlays: dict | None = None) -> list[str]:
     """All figures of a finished run into workdir/figures; returns their paths.
 
-    overlays: {net: samples} from `stages.evaluate_model`; the last net's are drawn.
+    overlays: {net: samples} from `dsrg_jax.pipeline.evaluate.evaluate_model`; the last net's
+    are drawn.
     """
     workdir = pathlib.Path(workdir)
     out = workdir / "figures"
