@@ -363,7 +363,7 @@ class TorchStep:
         self.cues = s.batch["cues"]
         self.labels = s.batch["labels"]
         self.crf = s.dsrg.crf
-        self.theta = S.grow_thresholds(s.dsrg)
+        self.grow = S.grow_options(s.dsrg)
         self.crf_processes = crf_processes
         self.last: dict[str, Any] = {}
 
@@ -386,8 +386,7 @@ class TorchStep:
         t1 = time.perf_counter()
         q = self.crf_host(small, p_np)
         t2 = time.perf_counter()
-        grown = dsrg_grow_scipy(q, self.cues, self.labels, theta_fg=self.theta[0],
-                                theta_bg=self.theta[1])
+        grown = dsrg_grow_scipy(q, self.cues, self.labels, **self.grow)
         t3 = time.perf_counter()
         q_t, grown_t = torch.from_numpy(q), torch.from_numpy(grown)
         loss = torch_balanced_seed_loss(probs, grown_t) + torch_constrain_loss(probs, q_t)
@@ -463,10 +462,9 @@ def check_step_parts(s: Setting, tstep: TorchStep) -> dict[str, Any]:
     ref_small = np.asarray(downsample_image(jnp.asarray(s.batch["image"], jnp.float32), s.grid,
                                             mean=(0.0, 0.0, 0.0)))
     small_diff = int(np.max(np.abs(ref_small.astype(int) - last["small"].astype(int))))
-    th = S.grow_thresholds(s.dsrg)
+    grow_kw = S.grow_options(s.dsrg)
     grown_jax = np.asarray(dsrg_grow(jnp.asarray(last["q"]), jnp.asarray(s.batch["cues"]),
-                                     jnp.asarray(s.batch["labels"]), theta_fg=th[0],
-                                     theta_bg=th[1]))
+                                     jnp.asarray(s.batch["labels"]), **grow_kw))
     if small_diff > 1 or not np.array_equal(grown_jax, last["grown"]):
         raise AssertionError(f"torch step inputs differ: image diff {small_diff}, grown equal "
                              f"{np.array_equal(grown_jax, last['grown'])}")
@@ -498,7 +496,7 @@ def profile_jax(s: Setting, n: int) -> dict[str, float]:
     cues, labels = jnp.asarray(s.batch["cues"]), jnp.asarray(s.batch["labels"])
     valid = jnp.asarray(s.batch["valid"])
     key = jax.random.key(0)
-    th = S.grow_thresholds(cfg)
+    grow_kw = S.grow_options(cfg)
 
     def forward(p):
         x = conv.normalize(image.astype(jnp.float32))
@@ -517,7 +515,7 @@ def profile_jax(s: Setting, n: int) -> dict[str, float]:
         qs[kernel] = crf(small, probs)
         out[f"CRF, kernel={kernel}"] = _median_time(lambda c=crf: c(small, probs), n)
     q = qs[resolve_kernel(cfg.crf_kernel, probs.shape)]
-    grow = jax.jit(lambda q_: dsrg_grow(q_, cues, labels, theta_fg=th[0], theta_bg=th[1]))
+    grow = jax.jit(lambda q_: dsrg_grow(q_, cues, labels, **grow_kw))
     grown = grow(q)
     out["growth"] = _median_time(lambda: grow(q), n)
 

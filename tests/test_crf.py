@@ -200,7 +200,8 @@ def test_exact_crf_is_the_exact_mean_field(unary):
 
 def test_output_is_floored_and_renormalised_as_the_official_layer(photos):
     probs = smooth_probs(np.random.default_rng(3), len(photos), GRID, GRID, C)
-    raw = np.asarray(crf.dense_crf(photos, probs, crf.CRFParams(**RAW), kernel="exact"), np.float64)
+    raw = np.asarray(crf.dense_crf(photos, probs, crf.TRAIN_CRF.replace(**RAW), kernel="exact"),
+                     np.float64)
     q = np.asarray(crf.dense_crf(photos, probs, kernel="exact"))   # default min_prob = 1e-4
     # pylayers.py CRFLayer: result[result < min_prob] = min_prob; result /= result.sum(classes).
     ref = raw.copy()

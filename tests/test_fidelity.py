@@ -39,7 +39,7 @@ def test_test_time_crf_floors_the_probabilities_at_1e_5():
     np.testing.assert_allclose(dense_crf_host(image, probs), _official_test_crf(image, probs),
                                rtol=1e-5, atol=1e-6)
     unfloored = dense_crf_host(image, probs, dataclasses.replace(TEST_CRF, unary_floor=0.0))
-    assert np.abs(unfloored - _official_test_crf(image, probs)).max() > 1e-3
+    assert np.abs(unfloored - _official_test_crf(image, probs)).max() > 1e-5   # 20x the tol
 
 
 def test_training_floor_is_in_place_as_the_official_crf_layer():

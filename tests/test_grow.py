@@ -1,4 +1,6 @@
 """dsrg_grow: exact equality with the scipy reference of the rules, properties, and transforms."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -6,7 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.experimental import checkify
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 from scipy import ndimage
 
 import dsrg_jax
@@ -78,6 +82,21 @@ def test_equals_scipy_reference_on_real_cue_layouts(real_cues, factor):
     assert grown.sum() > 1.3 * cues.sum()
 
 
+def test_equals_scipy_reference_on_large_winding_maps():
+    """Smooth noise blurred by one pixel on a 97x97 grid: long, winding regions of few classes."""
+    rng = np.random.default_rng(97)
+    logits = ndimage.gaussian_filter(rng.normal(size=(6, 97, 97, 3)), sigma=(0, 1, 1, 0))
+    probs = np.exp(8 * logits / logits.std())
+    probs = (probs / probs.sum(axis=-1, keepdims=True)).astype(np.float32)
+    seeds = rng.random(probs.shape) < 0.01
+    labels = np.ones((6, 3), bool)
+    for theta_fg, theta_bg in ((0.85, 0.99), (0.6, 0.6)):
+        expected = dsrg_grow_scipy(probs, seeds, labels, theta_fg=theta_fg, theta_bg=theta_bg)
+        grown = dsrg_jax.dsrg_grow(probs, seeds, labels, theta_fg=theta_fg, theta_bg=theta_bg)
+        np.testing.assert_array_equal(np.asarray(grown), expected)
+        assert expected.sum() > 5 * seeds.sum()
+
+
 def test_official_case_by_hand():
     """A 1x6 strip worked by hand from the rules."""
     # classes: 0 bg, 1, 2 (present), 3 (absent). Pixel 0: cue of 1; pixels 1-2 confident 1;
@@ -107,19 +126,126 @@ def test_diagonal_neighbours_connect():
     assert grown[0, :, :, 1].sum() == 4 and all(grown[0, i, i, 1] for i in range(4))
 
 
-def test_winding_path_needs_many_loop_iterations_and_stays_exact():
-    """A one-pixel-wide snake: every turn costs the fill one more loop iteration."""
-    size = 33
-    snake = np.zeros((size, size), bool)
-    snake[::2] = True
+# --- the official threshold rule, the ablation switches, dtypes, per-image thresholds ---------
+
+def test_background_threshold_is_nested_in_the_foreground_one():
+    """Official rule: a pixel whose argmax is the background is confident only when p > theta_fg
+    and p > theta_bg; with theta_bg < theta_fg a background p between the two does not grow."""
+    # A 1x4 strip, classes bg and 1. Pixel 0: background cue; pixel 1: bg 0.95 (above both);
+    # pixel 2: bg 0.7 (above theta_bg = 0.6 only); pixel 3: bg 0.95, reachable only through 2.
+    probs = np.array([[[[0.7, 0.3], [0.95, 0.05], [0.7, 0.3], [0.95, 0.05]]]], np.float32)
+    seeds = np.zeros((1, 1, 4, 2), bool)
+    seeds[0, 0, 0, 0] = True
+    labels = np.array([[True, True]])
+    grown = np.asarray(dsrg_jax.dsrg_grow(probs, seeds, labels, theta_fg=0.9, theta_bg=0.6))
+    np.testing.assert_array_equal(grown[0, 0, :, 0], [True, True, False, False])
+    np.testing.assert_array_equal(
+        grown, dsrg_grow_scipy(probs, seeds, labels, theta_fg=0.9, theta_bg=0.6))
+
+
+def test_equals_reference_with_theta_bg_below_theta_fg(real_cues):
+    cues, labels = real_cues
+    probs = synthetic_probs(cues, labels, np.random.default_rng(11))
+    grown = np.asarray(dsrg_jax.dsrg_grow(probs, cues, labels, theta_fg=0.9, theta_bg=0.5))
+    np.testing.assert_array_equal(
+        grown, dsrg_grow_scipy(probs, cues, labels, theta_fg=0.9, theta_bg=0.5))
+    assert grown[..., 0].sum() > cues[..., 0].sum()
+
+
+@pytest.mark.parametrize("grow_fg, grow_bg", [(False, True), (True, False), (False, False)])
+def test_ablation_switches_stop_exactly_one_kind_of_growth(real_cues, grow_fg, grow_bg):
+    cues, labels = real_cues
+    probs = synthetic_probs(cues, labels, np.random.default_rng(5))
+    grown = np.asarray(dsrg_jax.dsrg_grow(probs, cues, labels, grow_fg=grow_fg, grow_bg=grow_bg))
+    np.testing.assert_array_equal(
+        grown, dsrg_grow_scipy(probs, cues, labels, grow_fg=grow_fg, grow_bg=grow_bg))
+    for on, channels in ((grow_fg, slice(1, None)), (grow_bg, slice(0, 1))):
+        if on:
+            assert grown[..., channels].sum() > cues[..., channels].sum()
+        else:
+            np.testing.assert_array_equal(grown[..., channels], cues[..., channels])
+
+
+def test_bfloat16_probs_are_compared_in_float32():
+    """0.8515625 is the bfloat16 value next above 0.85: it passes theta_fg = 0.85 in float32,
+    but not a threshold rounded to bfloat16 (0.85 -> 0.8515625)."""
+    probs = np.zeros((1, 3, 3, 2), np.float32)
+    probs[..., 0], probs[..., 1] = 0.1484375, 0.8515625  # both exact in bfloat16
+    seeds = np.zeros((1, 3, 3, 2), bool)
+    seeds[0, 0, 0, 1] = True
+    labels = np.array([[True, True]])
+    grown = np.asarray(dsrg_jax.dsrg_grow(jnp.asarray(probs, jnp.bfloat16), seeds, labels))
+    assert grown[..., 1].all()
+    np.testing.assert_array_equal(grown, dsrg_grow_scipy(probs, seeds, labels))
+
+    rng = np.random.default_rng(16)
+    probs, seeds, labels = random_case(rng, 20, 17, 19, 6)
+    probs16 = jnp.asarray(probs).astype(jnp.bfloat16)
+    upcast = np.asarray(probs16.astype(jnp.float32))
+    for theta_fg, theta_bg in ((0.85, 0.99), (0.9, 0.6), (0.55, 0.7)):
+        np.testing.assert_array_equal(
+            np.asarray(dsrg_jax.dsrg_grow(probs16, seeds, labels, theta_fg=theta_fg,
+                                          theta_bg=theta_bg)),
+            dsrg_grow_scipy(upcast, seeds, labels, theta_fg=theta_fg, theta_bg=theta_bg))
+
+
+def test_per_image_thresholds(real_cues):
+    cues, labels = real_cues[0][:8], real_cues[1][:8]
+    probs = synthetic_probs(cues, labels, np.random.default_rng(8))
+    rng = np.random.default_rng(9)
+    theta_fg = rng.uniform(0.5, 0.95, 8).astype(np.float32)
+    theta_bg = rng.uniform(0.5, 0.999, 8).astype(np.float32)
+    expected = dsrg_grow_scipy(probs, cues, labels, theta_fg=theta_fg, theta_bg=theta_bg)
+    for b in (0, 5):  # the reference treats each image with its own thresholds
+        np.testing.assert_array_equal(expected[b], dsrg_grow_scipy(
+            probs[b:b + 1], cues[b:b + 1], labels[b:b + 1], theta_fg=float(theta_fg[b]),
+            theta_bg=float(theta_bg[b]))[0])
+    grown = dsrg_jax.dsrg_grow(probs, cues, labels, theta_fg=theta_fg, theta_bg=theta_bg)
+    np.testing.assert_array_equal(np.asarray(grown), expected)
+    traced = jax.jit(lambda p, tf, tb: dsrg_jax.dsrg_grow(p, cues, labels, theta_fg=tf,
+                                                          theta_bg=tb))
+    np.testing.assert_array_equal(
+        np.asarray(traced(probs, jnp.asarray(theta_fg), jnp.asarray(theta_bg))), expected)
+
+
+def snake(size: int) -> np.ndarray:
+    """bool[size, size]: a one-pixel-wide path turning at every other row."""
+    path = np.zeros((size, size), bool)
+    path[::2] = True
     for row in range(1, size, 2):
-        snake[row, size - 1 if row % 4 == 1 else 0] = True
-    label = jnp.asarray(np.where(snake, 1, 0)[None].astype(np.int32))
+        path[row, size - 1 if row % 4 == 1 else 0] = True
+    return path
+
+
+def spiral(size: int) -> np.ndarray:
+    """bool[size, size]: a one-pixel-wide square spiral from the corner (0, 0) inwards."""
+    path = np.zeros((size, size), bool)
+    directions = [(0, 1), (1, 0), (0, -1), (-1, 0)]
+    y = x = turn = 0
+    path[0, 0] = True
+    length = size - 1
+    while length > 0:
+        for _ in range(2 if turn else 1):
+            for _ in range(length):
+                y, x = y + directions[turn % 4][0], x + directions[turn % 4][1]
+                path[y, x] = True
+            turn += 1
+        length -= 2
+    return path
+
+
+@pytest.mark.parametrize("shape", [snake, spiral])
+@pytest.mark.parametrize("size", [17, 33, 65, 129])
+def test_winding_paths_stay_exact_in_logarithmically_many_rounds(shape, size):
+    """A one-pixel snake / spiral: a fill that follows the path would need one step per turn
+    (size / 2 and more); the hooking rounds grow with log2(size)."""
+    path = shape(size)
+    label = jnp.asarray(path[None].astype(np.int32))
     start = np.zeros((1, size, size), bool)
     start[0, 0, 0] = True
-    reached, iterations = flood_same_label(label, jnp.asarray(start))
-    np.testing.assert_array_equal(np.asarray(reached)[0], snake)
-    assert int(iterations) >= size // 2
+    reached, rounds = flood_same_label(label, jnp.asarray(start))
+    np.testing.assert_array_equal(np.asarray(reached)[0], path)
+    assert int(rounds) <= np.log2(size) + 2
 
 
 # --- properties ------------------------------------------------------------------------------
@@ -233,6 +359,21 @@ def test_same_result_under_jit_with_a_sharded_global_batch(batch16, axis_type):
     assert grown.sharding.is_equivalent_to(sharding, grown.ndim)
 
 
+@pytest.mark.parametrize("theta_sharded", [True, False])
+def test_per_image_thresholds_under_an_explicit_mesh(batch16, theta_sharded):
+    probs, cues, labels, _ = batch16
+    theta_fg = np.linspace(0.6, 0.95, 16).astype(np.float32)
+    mesh = jax.make_mesh((8,), ("data",))
+    sharding = NamedSharding(mesh, P("data"))
+    args = [jax.device_put(x, sharding) for x in (probs, cues, labels)]
+    theta = jax.device_put(theta_fg, sharding if theta_sharded else NamedSharding(mesh, P()))
+    grown = jax.jit(lambda p, c, y, t: dsrg_jax.dsrg_grow(p, c, y, theta_fg=t, theta_bg=0.9))(
+        *args, theta)
+    np.testing.assert_array_equal(
+        np.asarray(grown), dsrg_grow_scipy(probs, cues, labels, theta_fg=theta_fg, theta_bg=0.9))
+    assert grown.sharding.is_equivalent_to(sharding, grown.ndim)
+
+
 # --- bad input --------------------------------------------------------------------------------
 
 GOOD = (jax.ShapeDtypeStruct((2, 5, 5, 3), jnp.float32),
@@ -255,6 +396,63 @@ def test_bad_input_fails_at_trace_time_naming_the_argument(position, bad, messag
     with pytest.raises((TypeError, ValueError)) as error:
         jax.eval_shape(dsrg_jax.dsrg_grow, *args)  # tracing only: nothing is computed
     assert message in str(error.value)
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    ({"theta_fg": 1.5}, ValueError, "`theta_fg` must be a number in [0, 1]"),
+    ({"theta_bg": -0.1}, ValueError, "`theta_bg` must be a number in [0, 1]"),
+    ({"theta_fg": float("nan")}, ValueError, "`theta_fg` must be a number in [0, 1]"),
+    ({"theta_bg": 2.0}, ValueError, "`theta_bg` must be a number in [0, 1]"),
+    ({"theta_bg": True}, TypeError, "`theta_bg` must be a number in [0, 1]"),
+    ({"theta_fg": "0.8"}, TypeError, "`theta_fg` must be a number in [0, 1]"),
+    ({"theta_fg": np.array([0.5, 1.2], np.float32)}, ValueError, "values outside [0, 1] or NaN"),
+    ({"theta_bg": np.array([0.5, np.nan], np.float32)}, ValueError, "`theta_bg` must be"),
+    ({"theta_fg": jnp.zeros((3,))}, ValueError, "of shape () or (2,), got an array of dtype"),
+    ({"theta_bg": jnp.zeros((2,), jnp.int32)}, ValueError, "dtype int32"),
+    ({"grow_fg": 1}, TypeError, "`grow_fg` must be a Python bool"),
+    ({"grow_bg": jnp.array(True)}, TypeError, "`grow_bg` must be a Python bool"),
+    ({"validate": "yes"}, TypeError, "`validate` must be a Python bool"),
+])
+def test_bad_thresholds_and_switches_fail_at_trace_time(kwargs, error, message):
+    with pytest.raises(error) as raised:
+        jax.eval_shape(functools.partial(dsrg_jax.dsrg_grow, **kwargs), *GOOD)
+    assert message in str(raised.value)
+
+
+def test_empty_batch_is_refused():
+    empty = (jax.ShapeDtypeStruct((0, 5, 5, 3), jnp.float32),
+             jax.ShapeDtypeStruct((0, 5, 5, 3), jnp.bool_),
+             jax.ShapeDtypeStruct((0, 3), jnp.bool_))
+    with pytest.raises(ValueError, match="empty batch"):
+        jax.eval_shape(dsrg_jax.dsrg_grow, *empty)
+
+
+def test_validate_reports_bad_probabilities_eagerly_and_under_jit():
+    rng = np.random.default_rng(4)
+    probs, seeds, labels = random_case(rng, 4, 9, 10, 5)
+    probs /= probs.sum(axis=-1, keepdims=True)  # random_case may round them
+    grown = dsrg_jax.dsrg_grow(probs, seeds, labels, validate=True)
+    np.testing.assert_array_equal(np.asarray(grown), dsrg_grow_scipy(probs, seeds, labels))
+    dsrg_jax.dsrg_grow(jnp.asarray(probs, jnp.bfloat16), seeds, labels, validate=True)
+
+    checked = checkify.checkify(jax.jit(
+        lambda p, t: dsrg_jax.dsrg_grow(p, seeds, labels, theta_fg=t, validate=True)))
+    error, grown = checked(probs, jnp.float32(0.85))
+    assert error.get() is None
+    np.testing.assert_array_equal(np.asarray(grown), dsrg_grow_scipy(probs, seeds, labels))
+
+    nan, negative, unnormalised = probs.copy(), probs.copy(), probs * 0.9
+    nan[1, 2, 3, 0] = np.nan
+    negative[2, 0, 0, 1] = -0.25
+    for bad, message in ((nan, "`probs` contains NaN"), (negative, "`probs` must be >= 0"),
+                         (unnormalised, "`probs` must sum to 1 over C")):
+        with pytest.raises(checkify.JaxRuntimeError) as raised:
+            dsrg_jax.dsrg_grow(bad, seeds, labels, validate=True)
+        assert message in str(raised.value)
+        error, _ = checked(bad, jnp.float32(0.85))
+        assert message in error.get()
+    error, _ = checked(probs, jnp.float32(1.5))  # a device threshold: checked at run time
+    assert "`theta_fg` must lie in [0, 1]" in error.get()
 
 
 def test_output_has_input_shape_and_bool_dtype():

@@ -153,3 +153,13 @@ def _first_duplicate(ids: Sequence[str]) -> str | None:
             return i
         seen.add(i)
     return None
+
+
+def find_folder(root: PathLike, inner: str, marker: str, what: str, hint: str) -> pathlib.Path:
+    """`root` if it holds the folder `marker`, else `root/inner` if that does; else one
+    DatasetError saying what was expected (`what`) and what to download (`hint`)."""
+    root = pathlib.Path(root)
+    for cand in (root, root / inner):
+        if (cand / marker).is_dir():
+            return cand
+    raise DatasetError(f"{root}: not {what} (no {marker}/ in it or in {inner}/); {hint}")

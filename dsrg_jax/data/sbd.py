@@ -18,6 +18,7 @@ import scipy.io
 
 from dsrg_jax.data.files import (
     PathLike,
+    find_folder,
     read_id_list,
     read_label_png,
     write_id_list,
@@ -29,14 +30,8 @@ from dsrg_jax.data.voc import NUM_VOC_CLASSES, derive_train_aug, find_voc_root
 
 def find_sbd_dataset(root: PathLike) -> pathlib.Path:
     """The SBD `dataset` folder: `root` itself if it holds cls/, else `root/dataset`."""
-    root = pathlib.Path(root)
-    for cand in (root, root / "dataset"):
-        if (cand / "cls").is_dir():
-            return cand
-    raise DatasetError(
-        f"{root}: not an SBD folder (no cls/ in it or in dataset/); download benchmark.tgz "
-        "(SBD) and pass its benchmark_RELEASE folder"
-    )
+    return find_folder(root, "dataset", "cls", "an SBD folder",
+                       "download benchmark.tgz (SBD) and pass its benchmark_RELEASE folder")
 
 
 def read_sbd_mat(path: PathLike, num_classes: int = NUM_VOC_CLASSES) -> np.ndarray:

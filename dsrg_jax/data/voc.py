@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 
 from dsrg_jax.data import safe_pickle
-from dsrg_jax.data.files import PathLike, read_id_list, read_image, read_label_png
+from dsrg_jax.data.files import PathLike, find_folder, read_id_list, read_image, read_label_png
 from dsrg_jax.data.records import (
     CueSource,
     DatasetError,
@@ -41,14 +41,9 @@ NUM_VOC_CLASSES = len(VOC_CLASSES)  # 21
 
 def find_voc_root(root: PathLike) -> pathlib.Path:
     """The VOC2012 folder: `root` itself if it holds JPEGImages, else `root/VOC2012`."""
-    root = pathlib.Path(root)
-    for cand in (root, root / "VOC2012"):
-        if (cand / "JPEGImages").is_dir():
-            return cand
-    raise DatasetError(
-        f"{root}: not a VOC 2012 folder (no JPEGImages/ in it or in VOC2012/); download "
-        "VOCtrainval_11-May-2012.tar and pass its VOCdevkit/VOC2012 folder"
-    )
+    return find_folder(root, "VOC2012", "JPEGImages", "a VOC 2012 folder",
+                       "download VOCtrainval_11-May-2012.tar and pass its VOCdevkit/VOC2012 "
+                       "folder")
 
 
 def derive_train_aug(

@@ -1,40 +1,54 @@
 """Deep seeded region growing (DSRG, Huang et al. CVPR 2018, section 3.2) as a pure JAX function.
 
-The rules (DESIGN.md 2.3 step 2, the official Caffe layer's `generate_seed_step`), per image:
+The rules (the official Caffe layer's `generate_seed_step`), per image:
   1. Among the classes present in the image (background always present): `a = argmax Q`,
-     `p = max Q` (first index wins a tie, as numpy's argmax).
+     `p = max Q` (first index wins a tie, as numpy's argmax), compared in float32.
   2. Label map: every cue pixel gets its cue class (several cues: the highest class index wins),
-     other pixels are unlabelled; then every pixel with `a != 0 and p > theta_fg`, or
-     `a == 0 and p > theta_bg`, is overwritten with `a`.
+     other pixels are unlabelled; then every confident pixel is overwritten with `a`. A pixel is
+     confident when `p > theta_fg` and, if `a` is the background, also `p > theta_bg` (the
+     official layer tests the foreground threshold first and nests the background one in it).
   3. For each present class c: the 8-connected components of `label == c` that contain an original
      cue of c are added to the cues of c, except pixels that are a cue of exactly one other class.
   4. Cues are only ever added.
 
 Because the label map gives each pixel one label, the components of all classes are disjoint and one
-single-channel flood fill grows them all at once: a pixel is reached when a neighbour with the same
-label is reached. Each `lax.while_loop` iteration runs a whole-run fill along rows, one along columns
-(log-depth prefix ORs over runs of equal label, so a straight region fills in one step, not one pixel
-per step) and one diagonal dilation; the loop stops when nothing changes. The fill works on
-bit-packed planes (bit b of a uint32 word = image b), so one word operation advances 32 images, and
-the label-equality masks it needs are built once, outside the loop, from bit planes of the label
-map. Per pixel, the C cue channels are packed into ceil(C / 32) words too, so the multi-hot rules
+connected-component labelling of the label map serves them all. It runs as min-label hooking with
+pointer jumping on int32 keys (a pixel's index, offset so that cue pixels that start a growth come
+first): each round every pixel takes the smallest key among its same-label neighbours, hands it to
+the pixel its own key points to (one scatter-min: trees hook onto smaller ones) and follows its
+pointer twice (gathers). A component ends with the key of its smallest member, a start pixel when
+it has one. The rounds grow with the logarithm of a region's length, not with its turns (measured:
+a one-pixel spiral of side 17 / 65 / 257 takes 5 / 7 / 9 rounds; real layouts 5-6).
+Per pixel, the C cue channels are packed into ceil(C / 32) uint32 words, so the multi-hot rules
 (highest cue class, "cue of exactly one other class") are word operations instead of passes over C.
 """
 from __future__ import annotations
 
 import functools
+import numbers
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
+from jax.experimental import checkify
+from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-# Growth thresholds of the official code (DSRG `th_f`, `th_b`; DESIGN.md 2.3).
+# Growth thresholds of the official code (DSRG `th2` = foreground, `th1` = background).
 THETA_FG = 0.85
 THETA_BG = 0.99
 
-_UNLABELLED = -1
+# `validate=True`: how far the sum of a pixel's probabilities over C may be from 1 (plus the
+# machine epsilon of the input dtype, for bfloat16 / float16 inputs).
+SUM_TOLERANCE = 1e-3
 
+_UNLABELLED = -1
+_JUMPS_PER_ROUND = 2  # pointer jumps after each hooking; 2 gave the fewest rounds per unit of work
+_NEIGHBOURS = tuple((dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx)
+
+
+# --- checks at trace time ------------------------------------------------------------------------
 
 def _check_inputs(probs, seeds, image_labels) -> None:
     """Trace-time checks of shapes and dtypes, with messages naming the argument."""
@@ -47,6 +61,14 @@ def _check_inputs(probs, seeds, image_labels) -> None:
     if not jnp.issubdtype(probs.dtype, jnp.floating):
         raise TypeError(f"dsrg_grow: `probs` must have a floating dtype, got {probs.dtype}")
     b, h, w, c = probs.shape
+    if b == 0:
+        raise ValueError("dsrg_grow: `probs` has an empty batch (B=0); call it with at least one "
+                         "image")
+    if h == 0 or w == 0:
+        raise ValueError(f"dsrg_grow: `probs` has an empty image grid (H, W) = {(h, w)}")
+    if 2 * h * w >= 2**31:
+        raise ValueError(f"dsrg_grow: `probs` grid {(h, w)} is too large (2 * H * W must fit in "
+                         f"int32)")
     if c < 2:
         raise ValueError(
             f"dsrg_grow: `probs` needs at least 2 classes (background + one), got C={c}")
@@ -68,37 +90,53 @@ def _check_inputs(probs, seeds, image_labels) -> None:
             f"got shape {tuple(image_labels.shape)}")
 
 
-def _shift(x: jax.Array, offset: int, axis: int, fill) -> jax.Array:
-    """`y[i] = x[i - offset]` along `axis`, `fill` where `i - offset` falls outside."""
-    config = [(0, 0, 0)] * x.ndim
-    config[axis] = (offset, -offset, 0)  # one `pad` op: XLA fuses it with its consumers
-    return lax.pad(x, jnp.array(fill, x.dtype), config)
+def _check_threshold(name: str, value, batch: int):
+    """A threshold as given (number, float[] or float[B]); host values must lie in [0, 1]."""
+    expected = f"a number in [0, 1] or a float array of shape () or ({batch},)"
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"dsrg_grow: `{name}` must be {expected}, got {value!r}")
+    if isinstance(value, numbers.Real):
+        if not 0.0 <= float(value) <= 1.0:  # False for NaN too
+            raise ValueError(f"dsrg_grow: `{name}` must be {expected}, got {value!r}")
+        return float(value)
+    if not hasattr(value, "shape") or not hasattr(value, "dtype"):
+        raise TypeError(f"dsrg_grow: `{name}` must be {expected}, got {type(value).__name__}")
+    if not jnp.issubdtype(value.dtype, jnp.floating) or tuple(value.shape) not in ((), (batch,)):
+        raise ValueError(f"dsrg_grow: `{name}` must be {expected}, got an array of dtype "
+                         f"{value.dtype} and shape {tuple(value.shape)}")
+    if isinstance(value, (np.ndarray, np.generic)):  # on the host: checked now
+        values = np.asarray(value, np.float64)
+        if not np.all((values >= 0.0) & (values <= 1.0)):
+            raise ValueError(f"dsrg_grow: `{name}` must be {expected}, got values outside "
+                             f"[0, 1] or NaN: {values}")
+    return value
 
 
-def _shift2d(x: jax.Array, dy: int, dx: int, fill) -> jax.Array:
-    """`y[:, i, j] = x[:, i - dy, j - dx]` on [G, H, W] planes."""
-    return _shift(_shift(x, dy, 1, fill), dx, 2, fill)
+def _check_switch(name: str, value) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"dsrg_grow: `{name}` must be a Python bool (static), got "
+                        f"{type(value).__name__}")
+    return bool(value)
 
 
-# --- bit packing: images along the word for the fill, classes along the word per pixel ---------
+def _validate_values(probs: jax.Array, theta_fg, theta_bg) -> None:
+    """Run-time checks of the values (`checkify.check`): NaN, negative, non-normalised."""
+    tolerance = SUM_TOLERANCE + float(jnp.finfo(probs.dtype).eps)
+    probs = probs.astype(jnp.float32)
+    checkify.check(~jnp.any(jnp.isnan(probs)), "dsrg_grow: `probs` contains NaN")
+    checkify.check(jnp.all(probs >= 0), "dsrg_grow: `probs` must be >= 0, got a minimum of {m}",
+                   m=jnp.min(probs))
+    error = jnp.max(jnp.abs(jnp.sum(probs, axis=-1) - 1.0))
+    checkify.check(error <= tolerance,
+                   f"dsrg_grow: `probs` must sum to 1 over C (within {tolerance:.2g}), got a "
+                   "pixel off by {e}", e=error)
+    for name, theta in (("theta_fg", theta_fg), ("theta_bg", theta_bg)):
+        theta = jnp.asarray(theta, jnp.float32)
+        checkify.check(jnp.all((theta >= 0) & (theta <= 1)),
+                       f"dsrg_grow: `{name}` must lie in [0, 1], got {{t}}", t=theta)
 
-def _pack_images(x: jax.Array) -> jax.Array:
-    """bool[B, H, W] -> uint32[G, H, W], G = ceil(B / 32): image b is bit b % 32 of word b // 32."""
-    words = []
-    for first in range(0, x.shape[0], 32):
-        word = x[first].astype(jnp.uint32)
-        for bit in range(1, min(32, x.shape[0] - first)):
-            word = word | (x[first + bit].astype(jnp.uint32) << bit)
-        words.append(word)
-    return jnp.stack(words)
 
-
-def _unpack_images(words: jax.Array, batch: int) -> jax.Array:
-    """uint32[G, H, W] -> bool[batch, H, W], the inverse of `_pack_images`."""
-    bits = jnp.arange(32, dtype=jnp.uint32)[None, :, None, None]
-    x = (words[:, None] >> bits) & jnp.uint32(1)
-    return x.reshape(-1, *words.shape[1:])[:batch].astype(bool)
-
+# --- bit packing of the classes of a pixel -------------------------------------------------------
 
 def _pack_classes(x: jax.Array) -> jax.Array:
     """bool[..., C] -> uint32[..., G], G = ceil(C / 32): class c is bit c % 32 of word c // 32."""
@@ -141,110 +179,91 @@ def _class_bit(class_id: jax.Array, on: jax.Array, groups: int) -> jax.Array:
     return jnp.where(hit, bit[..., None], jnp.uint32(0))
 
 
-# --- the flood fill on packed planes -----------------------------------------------------------
+# --- connected components: min-label hooking with pointer jumping --------------------------------
 
-def _label_planes(label: jax.Array, num_labels: int) -> list[jax.Array]:
-    """Bit planes of a label map int[B, H, W] with values in -1..num_labels-1.
-
-    Plane k, uint32[G, H, W], holds bit k of `label + 1` for every image (packed as images), so
-    label equality between neighbours becomes a few word operations for 32 images at once.
-    """
-    value = (label + 1).astype(jnp.uint32)
-    return [_pack_images(((value >> k) & 1).astype(bool))
-            for k in range(max(1, num_labels.bit_length()))]
-
-
-def _same_label(planes: list[jax.Array], dy: int, dx: int) -> jax.Array:
-    """Packed bits set where a pixel has the label of its neighbour at (-dy, -dx) (inside)."""
-    inside = _shift2d(jnp.full_like(planes[0], 0xFFFFFFFF), dy, dx, 0)
-    for plane in planes:
-        inside = inside & ~(plane ^ _shift2d(plane, dy, dx, 0))
-    return inside
+def _neighbour_mask(label: jax.Array) -> jax.Array:
+    """uint8[B, H, W]: bit d set where neighbour `_NEIGHBOURS[d]` is inside, with the same label."""
+    _, h, w = label.shape
+    padded = jnp.pad(label, ((0, 0), (1, 1), (1, 1)))
+    inside = jnp.pad(jnp.ones_like(label, bool), ((0, 0), (1, 1), (1, 1)))
+    mask = jnp.zeros(label.shape, jnp.uint8)
+    for bit, (dy, dx) in enumerate(_NEIGHBOURS):
+        window = (slice(None), slice(1 + dy, 1 + dy + h), slice(1 + dx, 1 + dx + w))
+        same = inside[window] & (padded[window] == label)
+        mask = mask | (same.astype(jnp.uint8) << bit)
+    return mask
 
 
-def _run_masks(same_as_previous: jax.Array, axis: int) -> list[tuple[int, jax.Array, jax.Array]]:
-    """Masks for a log-depth prefix OR over runs of equal label along `axis` (bit-packed).
-
-    Args:
-      same_as_previous: uint32[G, H, W], bit set where a pixel has the label of its predecessor
-        along `axis`.
-
-    Returns:
-      `(k, left_k, right_k)` for k = 1, 2, 4, ...: `left_k` has a pixel's bit set when positions
-      `i - k .. i` lie in one run, `right_k` when `i .. i + k` do.
-    """
-    masks = []
-    same, k = same_as_previous, 1
-    while k < same.shape[axis]:
-        masks.append((k, same, _shift(same, -k, axis, 0)))
-        same = same & _shift(same, k, axis, 0)  # i-2k .. i from i-2k .. i-k and i-k .. i
-        k *= 2
-    return masks
+def _neighbour_min(keys: jax.Array, mask: jax.Array, fill: int) -> jax.Array:
+    """int32[B, H, W]: the smallest key over a pixel and its same-label neighbours."""
+    _, h, w = keys.shape
+    padded = jnp.pad(keys, ((0, 0), (1, 1), (1, 1)), constant_values=fill)
+    smallest = keys
+    for bit, (dy, dx) in enumerate(_NEIGHBOURS):
+        neighbour = padded[:, 1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
+        same = ((mask >> bit) & 1).astype(bool)
+        smallest = jnp.where(same, jnp.minimum(smallest, neighbour), smallest)
+    return smallest
 
 
-def _fill_runs(reached: jax.Array, masks, axis: int) -> jax.Array:
-    """Spreads `reached` over every run (of equal label along `axis`) that holds a reached pixel."""
-    forward, backward = reached, reached
-    for k, left_k, right_k in masks:
-        forward = forward | (_shift(forward, k, axis, 0) & left_k)
-        backward = backward | (_shift(backward, -k, axis, 0) & right_k)
-    return forward | backward
+# Per image (batched) gathers and scatters keep the images independent, also for XLA's partitioner.
+_take = jax.vmap(lambda values, index: values.at[index].get(mode="promise_in_bounds"))
+_put_min = jax.vmap(
+    lambda values, index, updates: values.at[index].min(updates, mode="promise_in_bounds"))
 
 
-_DIAGONALS = ((-1, -1), (-1, 1), (1, -1), (1, 1))
-
-
-def _dilate_diagonal(reached: jax.Array, masks) -> jax.Array:
-    out = reached
-    for (dy, dx), same in zip(_DIAGONALS, masks):
-        out = out | (_shift2d(reached, dy, dx, 0) & same)
-    return out
-
-
-def flood_same_label(label: jax.Array, start: jax.Array, *,
-                     num_labels: int | None = None) -> tuple[jax.Array, jax.Array]:
+def flood_same_label(label: jax.Array, start: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Pixels 8-connected to a `start` pixel through pixels of one label.
 
-    The fill runs on bit-packed planes (32 images per uint32 word), so one word operation moves
-    the front of 32 images at once.
+    Connected components by min-label hooking with pointer jumping. Each pixel holds a key, a
+    pointer to a pixel of its component: `index + n * (not start)` with `n = H * W`, so keys of
+    start pixels are the smallest. A round: every pixel takes the smallest key among its same-label
+    neighbours (shifts), writes it to the pixel its key points to when smaller (a scatter-min: the
+    hooking of trees), then follows its pointer twice (gathers: pointer jumping). At the fixed
+    point every component holds the key of its smallest member, so a component contains a start
+    pixel exactly when its key is below n. The number of rounds grows about logarithmically with a
+    component's length, whatever its shape (a one-pixel snake or spiral of side 257: 9 rounds).
 
     Args:
-      label: int[B, H, W] label map with values in -1..num_labels-1; pixels connect only to
-        neighbours of the same label.
+      label: int[B, H, W] label map; pixels connect only to neighbours of the same label.
       start: bool[B, H, W] pixels the fill starts from.
-      num_labels: bound on the labels (static); default: 2**31 - 1 (32 bit planes).
 
     Returns:
-      (reached bool[B, H, W], iterations int32[]) where `reached` is the union of the 8-connected
-      components of `{label == l}` (over all l) that contain a start pixel.
+      (reached bool[B, H, W], rounds int32[]) where `reached` is the union of the 8-connected
+      components of `{label == l}` (over all l) that contain a start pixel, and `rounds` the
+      number of hooking rounds (the last one confirms that nothing changes).
     """
-    planes = _label_planes(label, num_labels or (2**31 - 1))
-    row_masks = _run_masks(_same_label(planes, 0, 1), axis=2)
-    col_masks = _run_masks(_same_label(planes, 1, 0), axis=1)
-    diag_masks = [_same_label(planes, dy, dx) for dy, dx in _DIAGONALS]
+    b, h, w = label.shape
+    n = h * w
+    mask = _neighbour_mask(label)
+    index = (lax.broadcasted_iota(jnp.int32, (b, h, w), 1) * w
+             + lax.broadcasted_iota(jnp.int32, (b, h, w), 2))
+    keys = jnp.where(start, index, index + n)
 
-    def grow_once(reached):
-        reached = _fill_runs(reached, row_masks, axis=2)
-        reached = _fill_runs(reached, col_masks, axis=1)
-        return _dilate_diagonal(reached, diag_masks)
+    def pointer(k):
+        return jnp.where(k >= n, k - n, k).reshape(b, n)
 
-    def cond(carry):
-        _, changed, _ = carry
-        return changed
+    def jump(_, k):
+        return _take(k.reshape(b, n), pointer(k)).reshape(b, h, w)
 
     def body(carry):
-        reached, _, iterations = carry
-        grown = grow_once(reached)
-        return grown, jnp.any(grown != reached), iterations + 1
+        keys, _, rounds = carry
+        smallest = _neighbour_min(keys, mask, 2 * n)
+        hooked = _put_min(keys.reshape(b, n), pointer(keys), smallest.reshape(b, n))
+        hooked = jnp.minimum(hooked.reshape(b, h, w), smallest)
+        # A loop, not two inlined gathers: XLA:CPU fuses chained gathers into a slow loop.
+        jumped = lax.fori_loop(0, _JUMPS_PER_ROUND, jump, hooked)
+        return jumped, jnp.any(jumped != keys), rounds + 1
 
     # The initial carry is built from the inputs (not Python constants) so that the loop also
-    # traces under shard_map / an explicit mesh (DESIGN.md 5).
+    # traces under shard_map / an explicit mesh.
     changed0 = jnp.any(start) | True
-    iterations0 = jnp.sum(start[:0], dtype=jnp.int32)
-    reached, _, iterations = lax.while_loop(
-        cond, body, (_pack_images(start), changed0, iterations0))
-    return _unpack_images(reached, start.shape[0]), iterations
+    rounds0 = jnp.sum(start[:0], dtype=jnp.int32)
+    keys, _, rounds = lax.while_loop(lambda carry: carry[1], body, (keys, changed0, rounds0))
+    return keys < n, rounds
 
+
+# --- the rules ------------------------------------------------------------------------------------
 
 def _max_and_argmax(x: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Max and argmax over the last axis in one reduction (first index wins a tie, as numpy)."""
@@ -259,36 +278,47 @@ def _max_and_argmax(x: jax.Array) -> tuple[jax.Array, jax.Array]:
     return lax.reduce((x, index), init, pick, (x.ndim - 1,))
 
 
-def _label_map(probs, seed_words, present, theta_fg, theta_bg):
+def _per_image(theta, batch: int) -> jax.Array:
+    """A threshold (number, float[] or float[B]) as float32[B, 1, 1]."""
+    return jnp.broadcast_to(jnp.asarray(theta).astype(jnp.float32), (batch,))[:, None, None]
+
+
+def _label_map(probs, seed_words, present, theta_fg, theta_bg, grow_fg, grow_bg):
+    batch = probs.shape[0]
     best_prob, best_class = _max_and_argmax(
-        jnp.where(present[:, None, None, :], probs, -jnp.inf))
-    confident = jnp.where(best_class == 0, best_prob > theta_bg, best_prob > theta_fg)
+        jnp.where(present[:, None, None, :], probs.astype(jnp.float32), -jnp.inf))
+    above_fg = best_prob > _per_image(theta_fg, batch)
+    above_bg = best_prob > _per_image(theta_bg, batch)
+    is_bg = best_class == 0
+    confident = jnp.where(is_bg, grow_bg & above_fg & above_bg, grow_fg & above_fg)
     return jnp.where(confident, best_class, _highest_class(seed_words)), confident
 
 
 def growth_label_map(probs: jax.Array, seeds: jax.Array, image_labels: jax.Array, *,
-                     theta_fg: float = THETA_FG, theta_bg: float = THETA_BG
-                     ) -> tuple[jax.Array, jax.Array]:
-    """The label map of rule 2 and where a pixel's label comes from confidence.
+                     theta_fg=THETA_FG, theta_bg=THETA_BG, grow_fg: bool = True,
+                     grow_bg: bool = True) -> tuple[jax.Array, jax.Array]:
+    """The label map of rule 2 int32[B, H, W] and where a label comes from confidence.
 
     Args:
       probs: float[B, H, W, C] class probabilities (channel 0 = background).
       seeds: bool[B, H, W, C] multi-hot cues.
       image_labels: bool[B, C] classes present; channel 0 is treated as present.
+      theta_fg, theta_bg, grow_fg, grow_bg: as in `dsrg_grow` (not checked here).
 
     Returns:
       (label int32[B, H, W] with -1 for unlabelled pixels, confident bool[B, H, W]).
     """
     present = image_labels | (jnp.arange(probs.shape[-1]) == 0)
-    return _label_map(probs, _pack_classes(seeds), present, theta_fg, theta_bg)
+    return _label_map(probs, _pack_classes(seeds), present, theta_fg, theta_bg, grow_fg, grow_bg)
 
 
-@jax.jit
 def dsrg_grow(probs: jax.Array, seeds: jax.Array, image_labels: jax.Array, *,
-              theta_fg: float = THETA_FG, theta_bg: float = THETA_BG) -> jax.Array:
-    """Grows seed cues into confidently predicted, connected regions (DSRG).
+              theta_fg=THETA_FG, theta_bg=THETA_BG, grow_fg: bool = True, grow_bg: bool = True,
+              validate: bool = False) -> jax.Array:
+    """Grows seed cues bool[B, H, W, C] into confidently predicted, connected regions (DSRG).
 
-    Pure and jitted; usable under `jit`, `vmap` and `shard_map`, with no host round trip.
+    Pure and jitted inside; usable under `jit`, `vmap` and `shard_map`, with no host round trip.
+    Probabilities are compared with the thresholds in float32 whatever their dtype.
 
     Args:
       probs: float[B, H, W, C] class probabilities (e.g. the CRF output Q), channel 0 background.
@@ -296,27 +326,56 @@ def dsrg_grow(probs: jax.Array, seeds: jax.Array, image_labels: jax.Array, *,
       seeds: bool[B, H, W, C] original multi-hot cues; all False means an unlabelled pixel.
       image_labels: bool[B, C] classes present in each image; channel 0 is always treated as
         present.
-      theta_fg: foreground threshold, a pixel joins a foreground class when its probability is
-        above it (official 0.85).
-      theta_bg: background threshold (official 0.99).
+      theta_fg: foreground threshold (official 0.85): a pixel whose most likely present class is
+        a foreground class is confident when its probability is above it. A number in [0, 1], or
+        a float array of shape () or (B,) (one per image).
+      theta_bg: background threshold (official 0.99): a pixel whose most likely class is the
+        background is confident when its probability is above both `theta_fg` and `theta_bg`,
+        as in the official layer. Same forms as `theta_fg`.
+      grow_fg: whether foreground classes grow; when False, no pixel whose most likely present
+        class is a foreground class is made confident (ablation switch).
+      grow_bg: whether the background grows; when False, no pixel whose most likely class is the
+        background is made confident (ablation switch).
+      validate: also check the values at run time with `jax.experimental.checkify`: NaN or
+        negative probabilities, probabilities whose sum over C is off 1 by more than
+        `SUM_TOLERANCE` (+ the dtype's epsilon), thresholds given as device arrays outside
+        [0, 1]. Called eagerly, a failed check raises `checkify.JaxRuntimeError`; under `jit`,
+        functionalise the caller: `err, out = checkify.checkify(jax.jit(f))(...)`, `err.throw()`.
 
     Returns:
       bool[B, H, W, C]: the grown cues, a superset of `seeds`.
 
     Raises:
-      TypeError / ValueError at trace time when a shape or dtype is wrong, naming the argument.
+      TypeError / ValueError at trace time when a shape, a dtype, a switch or a threshold given
+      as a number or a numpy array is wrong (outside [0, 1], NaN), naming the argument.
     """
     _check_inputs(probs, seeds, image_labels)
+    batch = probs.shape[0]
+    theta_fg = _check_threshold("theta_fg", theta_fg, batch)
+    theta_bg = _check_threshold("theta_bg", theta_bg, batch)
+    grow_fg = _check_switch("grow_fg", grow_fg)
+    grow_bg = _check_switch("grow_bg", grow_bg)
+    if _check_switch("validate", validate):
+        _validate_values(probs, theta_fg, theta_bg)
+    return _dsrg_grow(probs, seeds, image_labels, theta_fg, theta_bg,
+                      grow_fg=grow_fg, grow_bg=grow_bg)
+
+
+@functools.partial(jax.jit, static_argnames=("grow_fg", "grow_bg"))
+def _dsrg_grow(probs, seeds, image_labels, theta_fg, theta_bg, *, grow_fg, grow_bg):
+    grow = functools.partial(_grow, grow_fg=grow_fg, grow_bg=grow_bg)
     batch_axes = _explicit_batch_sharding(probs)
-    if batch_axes is not None:
-        # Explicitly sharded batch (e.g. a `jax.make_mesh` mesh): grow each device's images where
-        # they are, so no device waits for another's slowest image (DESIGN.md 3).
-        spec = P(batch_axes)
-        return jax.shard_map(
-            functools.partial(_grow, theta_fg=theta_fg, theta_bg=theta_bg),
-            mesh=jax.typeof(probs).sharding.mesh, in_specs=(spec, spec, spec), out_specs=spec,
-        )(probs, seeds, image_labels)
-    return _grow(probs, seeds, image_labels, theta_fg=theta_fg, theta_bg=theta_bg)
+    if batch_axes is None:
+        return grow(probs, seeds, image_labels, theta_fg, theta_bg)
+    # Explicitly sharded batch (e.g. a `jax.make_mesh` mesh): grow each device's images where
+    # they are, so no device waits for another's slowest image.
+    mesh = jax.typeof(probs).sharding.mesh
+    args = [probs, seeds, image_labels, theta_fg, theta_bg]
+    specs = [P(batch_axes) if jnp.ndim(x) else P() for x in args]
+    # The other arguments (e.g. replicated per-image thresholds) follow the batch's sharding.
+    args = [x if not jnp.ndim(x) else jax.reshard(x, NamedSharding(mesh, spec))
+            for x, spec in zip(args, specs)]
+    return jax.shard_map(grow, mesh=mesh, in_specs=tuple(specs), out_specs=P(batch_axes))(*args)
 
 
 def _explicit_batch_sharding(probs: jax.Array):
@@ -330,7 +389,7 @@ def _explicit_batch_sharding(probs: jax.Array):
     return spec[0]
 
 
-def _grow(probs, seeds, image_labels, *, theta_fg, theta_bg):
+def _grow(probs, seeds, image_labels, theta_fg, theta_bg, *, grow_fg, grow_bg):
     """`dsrg_grow` on one device's (or the whole) batch."""
     probs = lax.stop_gradient(probs)
     num_classes = probs.shape[-1]
@@ -339,11 +398,12 @@ def _grow(probs, seeds, image_labels, *, theta_fg, theta_bg):
     seed_words = _pack_classes(seeds)                                  # uint32[B, H, W, G]
     present_words = _pack_classes(present)[:, None, None, :]           # uint32[B, 1, 1, G]
 
-    label, confident = _label_map(probs, seed_words, present, theta_fg, theta_bg)
+    label, confident = _label_map(probs, seed_words, present, theta_fg, theta_bg,
+                                  grow_fg, grow_bg)
     # A confident label is a present class by construction; a cue label may be an absent one.
     is_cue_of_label = _has_class(seed_words, label)
     start = is_cue_of_label & (confident | _has_class(present_words, label))
-    reached, _ = flood_same_label(label, start, num_labels=num_classes)
+    reached, _ = flood_same_label(label, start)
 
     num_cues = jnp.sum(lax.population_count(seed_words), axis=-1)
     cue_of_one_other_class = (num_cues == 1) & ~is_cue_of_label

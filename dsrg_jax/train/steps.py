@@ -40,7 +40,6 @@ from dsrg_jax.sharding import batch_sharding, per_device, replicated
 from dsrg_jax.weights import InputConvention
 
 State = dict[str, Any]
-NEVER = 2.0  # a growth threshold no probability exceeds: that kind of growth is off
 
 
 def create_state(params: Any, tx: optax.GradientTransformation, *, frozen: Any = None,
@@ -149,9 +148,11 @@ def crf_image(images: jax.Array, grid: tuple[int, int]) -> jax.Array:
     return downsample_image(bgr, tuple(grid), mean=CAFFE_MEAN_BGR)
 
 
-def grow_thresholds(cfg: DSRGConfig) -> tuple[float, float]:
-    """(theta_fg, theta_bg) with growth of a kind switched off by an unreachable threshold."""
-    return (cfg.theta_fg if cfg.grow_fg else NEVER, cfg.theta_bg if cfg.grow_bg else NEVER)
+def grow_options(cfg: DSRGConfig) -> dict[str, Any]:
+    """`dsrg_grow`'s keyword arguments from the config: the thresholds and the foreground /
+    background growth switches (the ablation's "foreground only" / "background only" rows)."""
+    return dict(theta_fg=cfg.theta_fg, theta_bg=cfg.theta_bg, grow_fg=cfg.grow_fg,
+                grow_bg=cfg.grow_bg)
 
 
 def crf_and_grow(images_small: jax.Array, probs: jax.Array, cues: jax.Array, labels: jax.Array,
@@ -167,8 +168,7 @@ def crf_and_grow(images_small: jax.Array, probs: jax.Array, cues: jax.Array, lab
     q = dense_crf(images_small, lax.stop_gradient(probs), cfg.crf, kernel=cfg.crf_kernel)
     if not cfg.grow:
         return q, cues
-    theta_fg, theta_bg = grow_thresholds(cfg)
-    return q, dsrg_grow(q, cues, labels, theta_fg=theta_fg, theta_bg=theta_bg)
+    return q, dsrg_grow(q, cues, labels, **grow_options(cfg))
 
 
 def dsrg_losses(probs: jax.Array, q: jax.Array, grown: jax.Array, valid: jax.Array,
