@@ -59,6 +59,7 @@ def dense_crf_host(image: np.ndarray, probs: np.ndarray,
       float32[H, W, C]. Memory: pydensecrf's lattice, O(H*W * 6 * C) floats.
     """
     check_crf_inputs("dense_crf_host", image, probs, params, batched=False)
+    _refuse_nan("dense_crf_host", np.asarray(probs)[None])
     return _host_one(np.asarray(image), np.asarray(probs), params)
 
 
@@ -83,9 +84,20 @@ def shutdown_pools() -> None:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+def _refuse_nan(fn: str, probs: np.ndarray) -> None:
+    """ValueError naming the images whose probabilities hold NaN or infinity (pydensecrf would
+    spread one such pixel over the whole image)."""
+    bad = ~np.isfinite(probs.reshape(probs.shape[0], -1)).all(axis=1)
+    if bad.any():
+        raise ValueError(f"{fn}: `probs` holds NaN or infinite values in image(s) "
+                         f"{np.flatnonzero(bad)[:5].tolist()}; the CRF would spread them over "
+                         f"the whole image")
+
+
 def _host_batch_np(images: np.ndarray, probs: np.ndarray, params: CRFParams,
                    processes: int | None,
                    executor: concurrent.futures.Executor | None) -> np.ndarray:
+    _refuse_nan("dense_crf_host_batch", probs)
     b = probs.shape[0]
     out = np.empty(probs.shape, np.float32)
     if b == 0:

@@ -22,13 +22,11 @@ import dsrg_jax
 from dsrg_jax import viz
 from dsrg_jax.data import cues as cue_io
 from dsrg_jax.data.synthetic import synthetic_probs
+from dsrg_jax.data.voc import VOC_CLASSES
 from dsrg_jax.ops.grow_scipy import dsrg_grow_scipy
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_CUES = REPO_ROOT.parent / "shared" / "data" / "sec" / "localization_cues.pickle.gz"
-VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
-               "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person",
-               "pottedplant", "sheep", "sofa", "train", "tvmonitor")
 
 
 def load_cue_set(path: pathlib.Path) -> cue_io.CueSet:

@@ -430,3 +430,24 @@ def test_jax_crf_runs_per_device_under_shard_map_with_the_varying_axis_check(axi
     out = per_device(jax.device_put(images, sharding), jax.device_put(probs, sharding))
     np.testing.assert_allclose(np.asarray(out), np.asarray(crf.dense_crf(images, probs)),
                                atol=1e-6)
+
+
+def test_nan_probabilities_are_refused_by_the_host_crf_and_checked_in_the_jax_crf():
+    """One NaN pixel would turn the whole image's CRF output into NaN: refused by name."""
+    from jax.experimental import checkify
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (2, 9, 9, 3)).astype(np.uint8)
+    probs = smooth_probs(rng, 2, 9, 9, 4, sigma=1.0)
+    probs[1, 3, 4, 2] = np.nan
+    with pytest.raises(ValueError, match=r"NaN.*image\(s\) \[1\]"):
+        crf_host.dense_crf_host_batch(images, probs, processes=1)
+    with pytest.raises(ValueError, match="NaN"):
+        crf_host.dense_crf_host(images[1], probs[1])
+    checked = jax.jit(checkify.checkify(
+        lambda i, p: crf.dense_crf(i, p, kernel="exact", validate=True)))
+    err, _ = checked(images, probs)
+    with pytest.raises(checkify.JaxRuntimeError, match="NaN"):
+        err.throw()
+    err, _ = checked(images, np.nan_to_num(probs))
+    err.throw()   # finite input: no error

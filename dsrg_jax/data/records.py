@@ -71,27 +71,19 @@ def validate_record(rec: Record) -> None:
     if lab.dtype != np.bool_ or lab.ndim != 1:
         raise ValueError(f"{where}: labels must be bool[C], got {lab.dtype}{list(lab.shape)}")
     c = lab.shape[0]
-    if rec.mask is not None:
-        m = rec.mask
-        if m.dtype != np.uint8 or m.shape != (h, w):
-            raise ValueError(
-                f"{where}: mask must be uint8[{h}, {w}] like the image, "
-                f"got {m.dtype}{list(m.shape)}"
-            )
-    if rec.cues is not None:
-        q = rec.cues
-        if q.dtype != np.bool_ or q.ndim != 3 or q.shape[2] != c:
-            raise ValueError(
-                f"{where}: cues must be bool[h, w, {c}] (C from labels), "
-                f"got {q.dtype}{list(q.shape)}"
-            )
-    if rec.saliency is not None:
-        s = rec.saliency
-        if s.dtype != np.float32 or s.shape != (h, w):
-            raise ValueError(
-                f"{where}: saliency must be float32[{h}, {w}] like the image, "
-                f"got {s.dtype}{list(s.shape)}"
-            )
+    # (field, its array, the dtype it needs, whether its shape is right, the expected form)
+    checks = (
+        ("mask", rec.mask, np.uint8, lambda a: a.shape == (h, w),
+         f"uint8[{h}, {w}] like the image"),
+        ("cues", rec.cues, np.bool_, lambda a: a.ndim == 3 and a.shape[2] == c,
+         f"bool[h, w, {c}] (C from labels)"),
+        ("saliency", rec.saliency, np.float32, lambda a: a.shape == (h, w),
+         f"float32[{h}, {w}] like the image"),
+    )
+    for name, arr, dtype, shape_ok, expected in checks:
+        if arr is not None and (arr.dtype != dtype or not shape_ok(arr)):
+            raise ValueError(f"{where}: {name} must be {expected}, got {arr.dtype}"
+                             f"{list(arr.shape)}")
 
 
 def labels_from_mask(mask: np.ndarray, num_classes: int) -> np.ndarray:

@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.experimental import checkify
 
 from dsrg_jax.convention import CAFFE_MEAN_BGR
 from dsrg_jax.ops.permutohedral import feature_index, feature_tables, features, lattice_messages
@@ -304,6 +305,7 @@ def dense_crf(
     kernel: Literal["lattice", "exact", "auto"] = "lattice",  # lattice: the official CRF's
     max_kernel_bytes: int = _DEFAULT_MAX_KERNEL_BYTES,
     precision: lax.Precision = lax.Precision.HIGHEST,
+    validate: bool = False,
 ) -> jax.Array:
     """Mean-field dense CRF on a small grid, pure and jitted (default: the official training CRF).
 
@@ -319,6 +321,9 @@ def dense_crf(
       max_kernel_bytes: "exact" refuses calls whose bilateral kernels (B * (H*W)^2 * 4 bytes)
         exceed this; use kernel="lattice" or `dsrg_jax.crf_host` for such sizes.
       precision: matmul precision of "exact" (HIGHEST: float32 also on TPU/GPU tensor cores).
+      validate: check (`jax.experimental.checkify`; under jit wrap the caller with
+        `checkify.checkify`) that `probs` holds no NaN or infinity, which mean field would
+        spread over the whole image.
 
     Returns:
       Q: float32[B, H, W, C], the CRF marginals (rows sum to 1).
@@ -333,6 +338,9 @@ def dense_crf(
     so that no (zero) backward pass runs through the iterations.
     """
     check_crf_inputs("dense_crf", images, probs, params, batched=True)
+    if validate:
+        checkify.check(jnp.all(jnp.isfinite(probs)),
+                       "dense_crf: `probs` holds NaN or infinite values")
     if kernel not in _KERNELS:
         raise ValueError(f"dense_crf: `kernel` must be one of {_KERNELS}, got {kernel!r}")
     b, h, w, _ = probs.shape
