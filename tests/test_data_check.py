@@ -126,3 +126,23 @@ def test_full_check_cli(root, capsys):
     with pytest.raises(SystemExit) as e:
         check_main(["--data-dir", str(root), "--splits", "train"])
     assert "2008_000003.jpg" in str(e.value.code)
+
+
+def test_masks_out_of_range_and_images_over_the_canvas_are_named_before_training(root):
+    """What the pseudo and eval stages would fail on hours later, caught at start."""
+    from dsrg_jax.data.check import check_sizes_and_masks
+    from dsrg_jax.data.files import write_label_png
+
+    src = VOCSource(root, "train")
+    check_sizes_and_masks(src, canvas=64, num_classes=21)          # all fine: silent
+    bad_mask = root / "SegmentationClass" / f"{TRAIN[1]}.png"
+    mask = np.zeros((64, 41), np.uint8)
+    mask[3, 3] = 40                                                 # 40 is no VOC class
+    write_label_png(bad_mask, mask)
+    with pytest.raises(DatasetError) as e:
+        check_sizes_and_masks(src, canvas=60, num_classes=21, name="voc train")
+    msg = str(e.value)
+    assert "\n" not in msg and "voc train: 2 problems" in msg
+    assert str(bad_mask) in msg and "[40]" in msg
+    assert f"{TRAIN[1]}.jpg is 64x41, larger than the inference canvas 60" in msg
+    assert "--canvas 64" in msg

@@ -142,3 +142,34 @@ def test_step_counts_and_batches_are_refused_before_anything_runs(tmp_path, flag
     msg = str(e.value.code)
     assert msg.startswith("error: ") and field in msg and ">= 1" in msg and "\n" not in msg
     assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("code, words", [(28, "the disk is full"), (13, "permission denied"),
+                                         (30, "read-only")])
+def test_a_full_or_read_only_workdir_is_one_line_on_stderr(monkeypatch, tmp_path, capsys, code,
+                                                           words):
+    """OS errors while a run writes (disk full, no permission, read-only file system): one line
+    naming the path and saying the run resumes once fixed; no traceback (unless --debug)."""
+    import errno
+    import os
+
+    import dsrg_jax.pipeline as pipeline
+    from dsrg_jax.config import Config
+    from experiments import common
+
+    assert code == {28: errno.ENOSPC, 13: errno.EACCES, 30: errno.EROFS}[code]
+    path = str(tmp_path / "w" / "config.json.tmp")
+
+    def fail(*args, **kw):
+        raise OSError(code, os.strerror(code), path)
+
+    monkeypatch.setattr(pipeline, "run", fail)
+    with pytest.raises(SystemExit) as e:
+        common.run_and_report(Config(), tmp_path / "w", ("cues",))
+    assert e.value.code == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err
+    assert path in err and words in err and "rerun the same command to resume" in err
+    with pytest.raises(SystemExit):
+        common.run_and_report(Config(), tmp_path / "w", ("cues",), args_debug=True)
+    assert "Traceback" in capsys.readouterr().err
