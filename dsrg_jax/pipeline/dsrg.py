@@ -141,7 +141,7 @@ def image_logger(exp: Experiment, every: int):
         rows = [np.concatenate([viz.cue_colours(batch["cues"][i]), viz.cue_colours(grown[i]),
                                 viz.label_colours(pred[i])], axis=1)
                 for i in range(min(4, len(grown)))]
-        exp.writer.image("dsrg", step, "cues|grown|prediction", np.concatenate(rows, axis=0))
+        exp.writer.image("dsrg", step, "cues_grown_prediction", np.concatenate(rows, axis=0))
 
     return fn
 
