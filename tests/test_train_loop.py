@@ -73,6 +73,11 @@ def test_resume_logs_each_step_once(tmp_path):
     _run(tmp_path, 5)
     steps = [json.loads(line)["step"] for line in log.read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5]
+    # Killed before the first checkpoint: the rerun starts at 0 and logs steps 1.. once.
+    shutil.rmtree(tmp_path / "ckpt")
+    _run(tmp_path, 1)
+    steps = [json.loads(line)["step"] for line in log.read_text().splitlines()]
+    assert steps == [1]
 
 
 def test_sigterm_saves_and_resume_matches(tmp_path, capsys):

@@ -118,8 +118,8 @@ def train_loop(
         if hook is not None and "hook" in meta:
             hook.restore(meta["hook"])
         log(f"[{stage}] resumed from checkpoint at step {start} ({checkpoints.directory})")
-        if writer is not None:
-            writer.resume(stage, start)
+    if writer is not None:   # rows logged after the restored step (or before any checkpoint)
+        writer.resume(stage, start)
     if start >= max_steps:
         return state, meta.get("last", {})
     pipe = make_pipeline(meta.get("pipeline"))
