@@ -35,7 +35,7 @@ from scipy import ndimage
 
 import dsrg_jax
 from dsrg_jax.data.cues import import_official_cues
-from dsrg_jax.data.synthetic import synthetic_probs, upsample_nearest
+from dsrg_jax.data.synthetic import spiral_path, synthetic_probs, upsample_nearest
 from dsrg_jax.ops.grow import flood_same_label, growth_label_map
 from dsrg_jax.ops.grow_scipy import dsrg_grow_scipy
 
@@ -162,18 +162,7 @@ def winding_case(batch, size, rng, present=2, density=0.01):
 
 
 def spiral_case(batch, size):
-    path = np.zeros((size, size), bool)
-    directions = [(0, 1), (1, 0), (0, -1), (-1, 0)]
-    y = x = turn = 0
-    path[0, 0] = True
-    length = size - 1
-    while length > 0:
-        for _ in range(2 if turn else 1):
-            for _ in range(length):
-                y, x = y + directions[turn % 4][0], x + directions[turn % 4][1]
-                path[y, x] = True
-            turn += 1
-        length -= 2
+    path = spiral_path(size)
     probs = np.full((batch, size, size, NUM_CLASSES), 0.0, np.float32)
     probs[..., 0] = np.where(path, 0.05, 0.9)  # off the path: background, not confident
     probs[..., 1] = 1.0 - probs[..., 0]

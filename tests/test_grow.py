@@ -15,7 +15,7 @@ from scipy import ndimage
 
 import dsrg_jax
 from dsrg_jax.data.cues import import_official_cues
-from dsrg_jax.data.synthetic import synthetic_probs, upsample_nearest
+from dsrg_jax.data.synthetic import spiral_path, synthetic_probs, upsample_nearest
 from dsrg_jax.ops.grow import flood_same_label
 from dsrg_jax.ops.grow_scipy import dsrg_grow_scipy
 
@@ -219,19 +219,7 @@ def snake(size: int) -> np.ndarray:
 
 def spiral(size: int) -> np.ndarray:
     """bool[size, size]: a one-pixel-wide square spiral from the corner (0, 0) inwards."""
-    path = np.zeros((size, size), bool)
-    directions = [(0, 1), (1, 0), (0, -1), (-1, 0)]
-    y = x = turn = 0
-    path[0, 0] = True
-    length = size - 1
-    while length > 0:
-        for _ in range(2 if turn else 1):
-            for _ in range(length):
-                y, x = y + directions[turn % 4][0], x + directions[turn % 4][1]
-                path[y, x] = True
-            turn += 1
-        length -= 2
-    return path
+    return spiral_path(size)
 
 
 @pytest.mark.parametrize("shape", [snake, spiral])

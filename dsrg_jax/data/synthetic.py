@@ -52,3 +52,22 @@ def upsample_nearest(cues: np.ndarray, factor: int) -> np.ndarray:
     rows = np.minimum(np.round(np.arange(factor * (h - 1) + 1) / factor).astype(int), h - 1)
     cols = np.minimum(np.round(np.arange(factor * (w - 1) + 1) / factor).astype(int), w - 1)
     return cues[:, rows][:, :, cols]
+
+
+def spiral_path(size: int) -> np.ndarray:
+    """bool[size, size]: a one-pixel-wide square spiral from the corner (0, 0) inwards (the
+    most winding region a flood fill can meet: the growth benchmark's and tests' worst case)."""
+    path = np.zeros((size, size), bool)
+    directions = [(0, 1), (1, 0), (0, -1), (-1, 0)]
+    y = x = turn = 0
+    path[0, 0] = True
+    length = size - 1
+    while length > 0:
+        for _ in range(2 if turn else 1):
+            for _ in range(length):
+                y, x = y + directions[turn % 4][0], x + directions[turn % 4][1]
+                path[y, x] = True
+            turn += 1
+        length -= 2
+    return path
+
