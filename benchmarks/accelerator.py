@@ -6,7 +6,8 @@ object classes per image as textured ellipses, cues as blobs on ~25% of the outp
   1. step: our jitted DSRG train step (`make_dsrg_train_step` on a 1-device mesh, Caffe SGD):
      network, the lattice CRF (`dense_crf`), region growing (`dsrg_grow`) and losses, all on the
      device. ms/step, images/s, compile time, peak device memory, the time of the DSRG stage and
-     of the retrain stage at that speed.
+     of the retrain stage at that speed; in float32 and with bf16 compute (`--dtypes`; the
+     training switch `--dtype bfloat16`: float32 parameters, CRF, growth and losses).
   2. peer: the PyTorch ports' step: the same network in PyTorch on the device (eager, and
      `torch.compile` when it works), the CRF by pydensecrf2 and the growth by the scipy
      reference on the host, image by image, with the transfers between them.
@@ -240,9 +241,12 @@ def peak_device_bytes() -> int | str:
 # ---------------------------------------------------------------------- part 1: our step
 
 
-def time_our_step(s: Setting, repeats: int) -> dict[str, Any]:
-    """Our DSRG train step on a 1-device mesh: compiled ahead of time, then timed."""
+def time_our_step(s: Setting, repeats: int, dtype: str = "float32") -> dict[str, Any]:
+    """Our DSRG train step on a 1-device mesh: compiled ahead of time, then timed. `dtype`:
+    the nets' compute dtype (`model.dtype`; "bfloat16" keeps float32 parameters, optimiser
+    state, CRF, growth and losses, as `--dtype bfloat16` in training)."""
     mesh = make_mesh(1)
+    model = s.model.clone(dtype=jnp.dtype(dtype))
     # The step donates its state: copies, so that the setting's variables stay alive.
     variables = jax.tree.map(lambda a: jnp.array(a, copy=True), s.variables)
     params = variables.pop("params")
@@ -250,7 +254,7 @@ def time_our_step(s: Setting, repeats: int) -> dict[str, Any]:
     tx = caffe_sgd(params, s.dsrg.optim)
     state = replicate(S.create_state(params, tx, frozen=frozen, seed=1), mesh)
     batch = global_batch(s.batch, mesh)
-    step = S.make_dsrg_train_step(s.model, tx, s.convention, mesh, s.dsrg)
+    step = S.make_dsrg_train_step(model, tx, s.convention, mesh, s.dsrg)
     t0 = time.perf_counter()
     compiled = step.lower(state, batch).compile()
     compile_s = time.perf_counter() - t0
@@ -272,7 +276,8 @@ def time_our_step(s: Setting, repeats: int) -> dict[str, Any]:
     ms = 1000 * t["median_s"]
     dsrg_steps, retrain_steps = DSRGConfig().optim.max_steps, RetrainConfig().optim.max_steps
     return {
-        "model": s.name, "batch": b, "ms_per_step": ms, "images_per_s": b / t["median_s"],
+        "model": s.name, "dtype": dtype, "batch": b, "ms_per_step": ms,
+        "images_per_s": b / t["median_s"],
         "compile_s": compile_s, "first_call_s": t["first_s"],
         "runs_ms": [1000 * x for x in t["runs_s"]],
         "peak_device_bytes": peak_device_bytes(), "xla_step_bytes": xla_bytes,
@@ -633,17 +638,20 @@ def render(res: dict[str, Any]) -> str:
              f"{100 * st['cue_fraction']:.0f}% of the grid ({st['cues']}); {st['crf_kernel']} "
              f"CRF; {st['init']}; medians of {st['repeats']} runs (peer and host CRF: "
              f"{st['peer_repeats']})", ""]
-    ours = {r["model"]: r for r in res.get("step", []) if "ms_per_step" in r}
+    ours = {r["model"]: r for r in res.get("step", [])       # the float32 rows
+            if "ms_per_step" in r and r.get("dtype", "float32") == "float32"}
     if "step" in res:
-        lines += ["| model | batch | ms/step | images/s | compile (s) | peak device memory "
-                  f"(GiB) | XLA step memory (GiB) | DSRG stage, {DSRGConfig().optim.max_steps} "
-                  f"steps (h) | retrain, {RetrainConfig().optim.max_steps} steps (h, est.) |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += ["| model | compute dtype | batch | ms/step | images/s | compile (s) | peak "
+                  f"device memory (GiB) | XLA step memory (GiB) | DSRG stage, "
+                  f"{DSRGConfig().optim.max_steps} steps (h) | retrain, "
+                  f"{RetrainConfig().optim.max_steps} steps (h, est.) |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for r in res["step"]:
             if "ms_per_step" not in r:
-                lines.append(f"| {r['model']} | {r.get('error')} |")
+                lines.append(f"| {r['model']} | {r.get('dtype', '')} | {r.get('error')} |")
                 continue
-            lines.append(f"| {r['model']} | {r['batch']} | {r['ms_per_step']:.1f} | "
+            lines.append(f"| {r['model']} | {r['dtype']} | {r['batch']} | "
+                         f"{r['ms_per_step']:.1f} | "
                          f"{r['images_per_s']:.1f} | {r['compile_s']:.1f} | "
                          f"{_gib(r['peak_device_bytes'])} | {_gib(r['xla_step_bytes'])} | "
                          f"{r['dsrg_stage_h']:.2f} | {r['retrain_h']:.2f} |")
@@ -711,7 +719,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     help=f"comma list (default {','.join(VOC_MODELS)}; --tiny: small)")
     ap.add_argument("--torch-compile", default="auto", choices=("auto", "on", "off"),
                     help="also time the peer under torch.compile (auto: on a CUDA device)")
+    ap.add_argument("--dtypes", default="float32,bfloat16",
+                    help="compute dtypes of our step (part 1), comma list of float32, bfloat16")
     a = ap.parse_args(argv)
+    dtypes = [d for d in a.dtypes.split(",") if d]
+    if not dtypes or not set(dtypes) <= {"float32", "bfloat16"}:
+        ap.error(f"--dtypes: float32 and/or bfloat16, got {a.dtypes!r}")
     parts = {p for p in a.parts.split(",") if p}
     if not parts <= {"step", "peer", "parts"}:
         ap.error(f"--parts: unknown {sorted(parts - {'step', 'peer', 'parts'})}")
@@ -739,13 +752,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                               "bottleneck x0.2)"}
     for s in settings:
         if "step" in parts:
-            log(f"part 1, our step: {s.name}")
-            try:
-                res.setdefault("step", []).append(time_our_step(s, a.repeats))
-            except Exception as e:     # report and go on to the other parts
-                log(traceback.format_exc())
-                res.setdefault("step", []).append({"model": s.name, "error": repr(e)[:300]})
-            save()
+            for dtype in dtypes:
+                log(f"part 1, our step: {s.name}, {dtype} compute")
+                try:
+                    res.setdefault("step", []).append(time_our_step(s, a.repeats, dtype))
+                except Exception as e:     # report and go on to the other parts
+                    log(traceback.format_exc())
+                    res.setdefault("step", []).append({"model": s.name, "dtype": dtype,
+                                                       "error": repr(e)[:300]})
+                save()
         if "peer" in parts:
             log(f"part 2, the peer step: {s.name}")
             if not has_pydensecrf():

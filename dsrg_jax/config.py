@@ -59,6 +59,11 @@ class ModelConfig:
     head_width: int = 64
     convs_per_block: int = 1
     small_dilations: tuple[int, ...] = (1, 2, 4, 6)
+    small_cam_dilation: int = 2            # "small" CAM net's conv6/conv7 dilation
+    small_seg_head_width: int | None = None  # "small" DeepLab's ASPP width (None: head_width)
+    # Compute dtype of every net: "bfloat16" runs the convolutions in bf16 (parameters, the
+    # optimiser, the CRF, the growth and the losses stay float32; logits come back float32).
+    dtype: Literal["float32", "bfloat16"] = "float32"
     dropout_rate: float = 0.5
 
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import json
 import sys
 import time
 import traceback
@@ -23,6 +22,10 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
                    help="training steps of each training stage (pretrain, cues, dsrg, retrain)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="global batch of each training stage, whatever the device count")
+    p.add_argument("--dtype", default=None, choices=("float32", "bfloat16"),
+                   help="compute dtype of the nets (model.dtype): bfloat16 runs the "
+                        "convolutions in bf16 on GPU / TPU; parameters, optimiser state, CRF, "
+                        "growth and losses stay float32 (default: the config's, float32)")
     p.add_argument("--debug", action="store_true",
                    help="print the traceback of an error too (by default: one line)")
     p.add_argument("--num-devices", type=int, default=None,
@@ -46,6 +49,8 @@ def apply_run_flags(cfg, args):
     changes = {}
     if args.seed is not None:
         changes["run.seed"] = args.seed
+    if getattr(args, "dtype", None) is not None:
+        changes["model.dtype"] = args.dtype
     for stage in ("pretrain", "cues", "dsrg", "retrain"):
         if args.max_steps is not None:
             changes[f"{stage}.optim.max_steps"] = args.max_steps
@@ -102,8 +107,54 @@ def run_and_report(cfg, workdir, stages, num_devices=None, predict=None,
               f"resume", args_debug, e)
     log(f"total wall time {time.perf_counter() - t0:.1f} s")
     if "miou" in out:
-        log("results: " + json.dumps({"miou": out["miou"]}))
+        log(summary_text(out, workdir))
     return out
+
+
+def _pct(v) -> str:
+    return "-" if v is None else f"{100 * v:.2f}"
+
+
+def summary_text(results: dict, workdir) -> str:
+    """The end-of-run summary: each stage's val mIoU and wall time, the supervision quality at
+    the first and last epoch (the paper's Fig. 4 measure), the dataset card's numbers and where
+    the figures are. `results`: results.json's dict."""
+    miou, seconds = results.get("miou", {}), results.get("seconds", {})
+    lines = [f"summary of {workdir} (all numbers: {workdir}/results.json)",
+             "  stage     val mIoU (%)  wall (s)"]
+    for stage, key in (("pretrain", None), ("cues", "cues"), ("dsrg", "dsrg"),
+                       ("pseudo", None), ("retrain", "retrain"), ("eval", None)):
+        if stage in seconds and seconds[stage] is not None:
+            value = _pct(miou.get(key)) if key else ""
+            lines.append(f"  {stage:<9} {value:>12}  {seconds[stage]:>8.1f}")
+    notes = []
+    if "pretrain_val_accuracy" in results:
+        acc = _pct(results['pretrain_val_accuracy'])
+        notes.append(f"pretrain single-digit val accuracy {acc}%")
+    if "pseudo_label_train_miou" in results:
+        notes.append(f"pseudo-labels on train {_pct(results['pseudo_label_train_miou'])} mIoU")
+    if "cues" in miou:
+        notes.append("cues row = the CAM segmentation")
+    if notes:
+        lines.append("  (" + "; ".join(notes) + ")")
+    sup = results.get("supervision") or []
+    if sup:
+        def pri(q):
+            return " / ".join(f"{100 * q[k]:.1f}" for k in ("precision", "recall", "iou"))
+        lines.append(f"  supervision P / R / IoU (%): epoch {sup[0]['epoch']} {pri(sup[0])} -> "
+                     f"epoch {sup[-1]['epoch']} {pri(sup[-1])}")
+    card = results.get("dataset") or {}
+    if card:
+        parts = [f"foreground {100 * card['fg_fraction']:.1f}% of pixels"]
+        if card.get("width_cells"):
+            parts.append(f"objects {100 * card['share_at_least_2_cells']:.0f}% >= 2 cells thick "
+                         f"(median {card['width_cells']['median']:.1f})")
+        if "cue_fg_precision" in card:
+            parts.append(f"CAM foreground cues {100 * card['cue_fg_precision']:.1f}% precise, "
+                         f"{100 * card['cue_fg_recall']:.1f}% of object cells covered")
+        lines.append("  dataset (train, output grid): " + ", ".join(parts))
+    lines.append(f"  figures: {workdir}/figures/")
+    return "\n".join(lines)
 
 
 def add_distributed_flags(p: argparse.ArgumentParser) -> None:

@@ -10,6 +10,7 @@ workdir resumes (or skips finished stages).
 from __future__ import annotations
 
 import argparse
+import sys
 
 from experiments import common
 
@@ -27,14 +28,26 @@ def parse_args(argv=None):
                         "the tests")
     p.add_argument("--ablation", action="store_true",
                    help="also run the paper's Table 2 rows (fixed cues + SEC loss, + balanced "
-                        "loss, + growth, + retrain) and the threshold study, each in "
-                        "WORKDIR/ablation/<row>; table in WORKDIR/ablation/results.json")
+                        "loss, + growth, + retrain), its foreground-only / background-only "
+                        "growth rows and its theta_f / theta_b study, each in "
+                        "WORKDIR/ablation/seed<s>/<row>; table in WORKDIR/ablation/table.md, "
+                        "figure table.png, every seed's value in results.json")
+    p.add_argument("--seeds", type=int, default=1, metavar="N",
+                   help="with --ablation: run every row with seeds 0..N-1 (run.seed + i), "
+                        "reported as mean +- std")
+    p.add_argument("--ablation-rows", default=None, metavar="ROW,ROW",
+                   help="with --ablation: only these rows (besides the main run's), by the "
+                        "names experiments.ablation.ROW_NAMES lists")
     common.add_run_flags(p)
     return p.parse_args(argv)
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.seeds < 1:
+        sys.exit(f"error: --seeds must be >= 1, got {args.seeds}")
+    if (args.seeds > 1 or args.ablation_rows) and not args.ablation:
+        sys.exit("error: --seeds and --ablation-rows need --ablation")
     common.init_distributed(args)
     from experiments.configs.digits import get_config
 
@@ -43,9 +56,14 @@ def main(argv=None) -> dict:
     out = common.run_and_report(cfg, workdir, common.stages_of(args), args.num_devices,
                                 predict=args.predict_split, args_debug=args.debug)
     if args.ablation:
-        from experiments.ablation import run_ablation
+        from experiments.ablation import ROW_NAMES, run_ablation
 
-        run_ablation(cfg, workdir, num_devices=args.num_devices)
+        rows = ROW_NAMES if args.ablation_rows is None else tuple(args.ablation_rows.split(","))
+        try:
+            run_ablation(cfg, workdir, seeds=[cfg.run.seed + i for i in range(args.seeds)],
+                         rows=rows, num_devices=args.num_devices)
+        except ValueError as e:
+            sys.exit(f"error: {e} (--ablation-rows)")
     return out
 
 

@@ -44,3 +44,18 @@ def sec_input_list() -> pathlib.Path:
 def voc_mini() -> pathlib.Path:
     """16 real VOC 2012 images with ground truth, in VOCdevkit layout."""
     return shared_path("voc_mini")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--run-slow", action="store_true",
+                     help="also run the tests marked slow (the full digits run against "
+                          "docs/results.md: about 10 minutes on 2 CPU cores)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--run-slow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --run-slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

@@ -42,10 +42,12 @@ def test_tiny_run_reports_every_part(tmp_path):
     assert all(k in res["header"] for k in HEADER_FIELDS)
     assert "--tiny" in res["header"]["command"]
 
-    (ours,) = res["step"]
-    for k in ("ms_per_step", "images_per_s", "compile_s", "dsrg_stage_h", "retrain_h"):
-        assert ours[k] > 0, k
-    assert "peak_device_bytes" in ours
+    assert [r["dtype"] for r in res["step"]] == ["float32", "bfloat16"]
+    for ours in res["step"]:
+        for k in ("ms_per_step", "images_per_s", "compile_s", "dsrg_stage_h", "retrain_h"):
+            assert ours[k] > 0, k
+        assert "peak_device_bytes" in ours
+    assert "| small | bfloat16 |" in proc.stdout
 
     peer = res["peer"]
     crf_ok = res["header"]["pydensecrf2"]

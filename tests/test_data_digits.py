@@ -38,7 +38,8 @@ def test_labels_agree_with_masks_and_hold_one_to_three_digits():
 def test_mask_marks_the_pasted_strokes():
     # Independent check of mask/image alignment: each digit is painted in one solid colour chosen
     # to contrast with the photo, so inside a digit's (eroded) mask the colour is nearly uniform
-    # and differs from the ring of background just outside; a mask shifted by 3 pixels is not.
+    # and differs from the ring of background just outside; a mask shifted by a stroke width
+    # (the bold strokes are 15-19% of the side) is not.
     src = D.DigitsSource("val", num_images=60, seed=1)
     spread, contrast, shifted = [], [], []
     for i in range(len(src)):
@@ -53,7 +54,7 @@ def test_mask_marks_the_pasted_strokes():
             ring &= rec.mask == 0
             spread.append(img[core].std(0).max())
             contrast.append(np.abs(np.median(img[core], 0) - np.median(img[ring], 0)).sum())
-            shifted.append(img[np.roll(core, 3, axis=1)].std(0).max())
+            shifted.append(img[np.roll(core, D.DEFAULT_SIZE // 5, axis=1)].std(0).max())
     assert len(spread) >= 60
     assert np.median(spread) < 20 and np.median(contrast) > 100
     assert np.median(shifted) > 2 * np.median(spread)
@@ -104,3 +105,35 @@ def test_exported_voc_tree_reads_back_through_the_voc_reader(tmp_path):
             np.testing.assert_array_equal(a.image, b.image)
             np.testing.assert_array_equal(a.mask, b.mask)
             np.testing.assert_array_equal(a.labels, b.labels)
+
+
+def test_dataset_card_bounds_hold_on_a_sample():
+    """The properties the embedded benchmark is built for (docs/results.md, dataset card), at
+    the digits config's size and output grid (56 px -> 15x15): objects at least ~2 cells thick,
+    foreground 20-35% of the pixels, 1-3 digits per image."""
+    from dsrg_jax.data.card import mask_statistics
+
+    for split in ("train", "val"):
+        stats = mask_statistics(D.DigitsSource(split, num_images=150, size=56), (15, 15),
+                                max_images=None)
+        assert 0.20 <= stats["fg_fraction"] <= 0.35, stats
+        assert stats["share_at_least_2_cells"] >= 0.9, stats
+        assert stats["width_cells"]["median"] >= 2.3, stats
+        assert 1.3 <= stats["objects_per_image"] <= 2.2, stats
+
+
+def test_stroke_width_measures_bars_and_discs():
+    from dsrg_jax.data.card import object_widths, stroke_width
+
+    for width in (3, 8, 15):
+        bar = np.zeros((60, 60), bool)
+        bar[10:50, 20:20 + width] = True
+        assert abs(stroke_width(bar) - width) <= 1.0, width
+    yy, xx = np.mgrid[:61, :61]
+    disc = (yy - 30) ** 2 + (xx - 30) ** 2 <= 20 ** 2
+    assert abs(stroke_width(disc) - 41) <= 2
+    mask = np.zeros((56, 56), np.uint8)
+    mask[:, 10:18] = 3        # 8 px = 8 / (56 / 14) = 2 cells of a 14x14 grid
+    mask[0, 0] = 255          # ignore: not an object
+    (cls, cells), = object_widths(mask, (14, 14))
+    assert cls == 3 and abs(cells - 2.0) <= 0.25

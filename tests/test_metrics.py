@@ -56,6 +56,11 @@ def test_cue_counts_and_quality_match_numpy():
     assert quality["precision"] == pytest.approx(tp / (tp + fp))
     assert quality["recall"] == pytest.approx(tp / (tp + fn))
     assert quality["iou"] == pytest.approx(tp / (tp + fp + fn))
+    fg_tp, fg_fp, fg_fn = counts[1:].sum(axis=0)
+    assert quality["fg_precision"] == pytest.approx(fg_tp / (fg_tp + fg_fp))
+    assert quality["fg_recall"] == pytest.approx(fg_tp / (fg_tp + fg_fn))
+    assert quality["bg_precision"] == pytest.approx(counts[0, 0] / counts[0, :2].sum())
+    assert quality["bg_recall"] == pytest.approx(counts[0, 0] / (counts[0, 0] + counts[0, 2]))
 
 
 def test_cue_quality_hand_made():
@@ -68,3 +73,6 @@ def test_cue_quality_hand_made():
     assert quality["precision"] == 0.5
     assert quality["recall"] == pytest.approx(1 / 3)
     assert quality["iou"] == pytest.approx(1 / 4)
+    # background: one right of two cues, the one bg pixel covered; class 1: no cue, two pixels
+    assert (quality["bg_precision"], quality["bg_recall"]) == (0.5, 1.0)
+    assert quality["fg_recall"] == 0.0 and np.isnan(quality["fg_precision"])

@@ -132,3 +132,33 @@ def test_cam_step_same_on_1_and_8_devices_with_padding():
             losses.append(float(aux["metrics"]["loss"]))
         out[n] = losses
     np.testing.assert_allclose(out[1], out[8], rtol=1e-5)
+
+
+def test_bfloat16_compute_keeps_float32_parameters_and_close_losses():
+    """`model.dtype = "bfloat16"` (`--dtype bfloat16`): the nets compute in bf16, the parameters,
+    optimiser state and losses stay float32, and a DSRG step's losses stay close to float32's."""
+    from dsrg_jax.config import ModelConfig
+    from dsrg_jax.models import model_for
+
+    m = ModelConfig(segmentation="small", classifier="small", widths=(4, 8), head_width=8,
+                    convs_per_block=1, small_dilations=(1, 2), dtype="bfloat16")
+    bf16 = model_for(m, "seg", 5)
+    assert bf16.dtype == jnp.bfloat16 and model_for(m, "cam", 5).dtype == jnp.bfloat16
+    f32 = SmallDeepLab(5, widths=(4, 8), head_width=8, convs_per_block=1, dilations=(1, 2))
+    variables = f32.init(jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 3)))
+    images = jnp.asarray(_batch(2)["image"], jnp.float32) / 255.0
+    out16, out32 = bf16.apply(variables, images), f32.apply(variables, images)
+    assert out16.dtype == jnp.float32
+    assert np.abs(np.asarray(out16 - out32)).max() < 0.05 * np.abs(np.asarray(out32)).max()
+
+    mesh = make_mesh(1)
+    losses = {}
+    for name, model in (("bf16", bf16), ("f32", f32)):
+        params = jax.tree.map(np.array, variables["params"])   # the step donates its state
+        tx = caffe_sgd(params, OptimConfig(base_lr=1e-2))
+        state = replicate(S.create_state(params, tx, seed=3), mesh)
+        step = S.make_dsrg_train_step(model, tx, CONV, mesh, DSRGConfig(crf_kernel="exact"))
+        state, aux = step(state, global_batch(_batch(4), mesh))
+        assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(state["params"]))
+        losses[name] = float(aux["metrics"]["loss"])
+    assert losses["bf16"] == pytest.approx(losses["f32"], rel=0.05)

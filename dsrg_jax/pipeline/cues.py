@@ -5,7 +5,8 @@
   CAM: train the classifier (multi-label), then per train image its CAMs -> foreground cues
       (`cues.fg_rule`) and background cues (saliency below `cues.bg_saliency_threshold`, or the
       low-CAM fallback) on the segmentation output grid -> cues.npz; the cue quality on train,
-      the CAM segmentation of val and the low-CAM threshold curve go to cues/done.json.
+      the CAM segmentation of val, the low-CAM threshold curve and the train masks' statistics
+      on the grid (the dataset card, `mask_statistics`) go to cues/done.json.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dsrg_jax.data import transforms as T
+from dsrg_jax.data.card import mask_statistics
 from dsrg_jax.data.cues import CueSet, cueset_from_dense
 from dsrg_jax.data.records import DatasetError
 from dsrg_jax.data.seeds import load_any_cues
@@ -31,6 +33,8 @@ from dsrg_jax.pipeline.workdir import Experiment
 from dsrg_jax.sharding import gather_over_processes, sum_over_processes, to_host
 from dsrg_jax.train import steps
 from dsrg_jax.train.logging import is_writer, log
+
+CARD_IMAGES = 500   # train images measured for the dataset card (`mask_statistics`)
 
 
 def check_cues_cover(cueset: CueSet, ids, path: pathlib.Path, split: str) -> None:
@@ -147,6 +151,8 @@ def run_cues(exp: Experiment) -> dict:
             "grid": list(grid), "classifier": last}
     if counts.sum():
         info["train_quality"] = cue_quality(sum_over_processes(counts))
+    if with_mask:   # the dataset card: what the objects look like on this grid
+        info["train_masks"] = mask_statistics(train, grid, max_images=CARD_IMAGES)
     info.update(cam_bg_threshold_curve(exp, cam_predict, variables, train, grid))
     info["val_cam"] = cam_val_miou(exp, cam_predict, variables)
     quality = info.get("train_quality")

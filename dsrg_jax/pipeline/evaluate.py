@@ -87,6 +87,13 @@ def collect_results(exp: Experiment) -> dict[str, Any]:
                       ("bg_threshold_curve", "bg_threshold_curve")):
         if key in cues:
             results[name] = cues[key]
+    if "train_masks" in cues:   # the dataset card: the objects on the grid, the cues on them
+        card = dict(cues["train_masks"])
+        quality = cues.get("train_quality") or {}
+        for key in ("fg_precision", "fg_recall", "bg_precision", "bg_recall"):
+            if key in quality:
+                card[f"cue_{key}"] = quality[key]
+        results["dataset"] = card
     return results
 
 

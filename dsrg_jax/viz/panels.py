@@ -362,3 +362,47 @@ def save_overlay_figure(
         legend = _classes_in([m[i] for m in maps for i in range(len(images))], len(class_names))
     _panel_grid(path, rows, cols, row_titles=image_ids, title=title, class_names=class_names,
                 legend_classes=legend)
+
+
+def save_ablation_bars(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]], *,
+                       title: str = "Ablation: val mIoU over seeds") -> None:
+    """The ablation table as bars: per row its mean val mIoU (%) with a +-1 std error bar and
+    every seed's value as a dot; beside it, the paper's VOC value where it has one (its own
+    panel: a different dataset, so compare orderings, not levels).
+
+    rows: dicts with "group", "row", "miou" (per-seed fractions, None where missing) and
+    "paper_voc_val" (percent or None), as `experiments.ablation` writes them.
+    """
+    plt = _pyplot()
+    n = len(rows)
+    fig, (ax, ax_paper) = plt.subplots(1, 2, figsize=(10, 0.42 * n + 1.6), sharey=True,
+                                       gridspec_kw={"width_ratios": [3, 2]})
+    y = np.arange(n)[::-1]
+    groups = sorted({r["group"] for r in rows}, key=[r["group"] for r in rows].index)
+    colours = {g: f"C{i}" for i, g in enumerate(groups)}
+    for yi, r in zip(y, rows):
+        vals = np.asarray([np.nan if v is None else 100 * v for v in r["miou"]], np.float64)
+        c = colours[r["group"]]
+        if np.any(~np.isnan(vals)):
+            mean = float(np.nanmean(vals))
+            std = float(np.nanstd(vals, ddof=1)) if np.sum(~np.isnan(vals)) > 1 else 0.0
+            ax.barh(yi, mean, xerr=std, color=c, alpha=0.6, capsize=3)
+            ax.plot(vals, np.full_like(vals, yi), "k.", ms=4)
+            ax.text(mean + std + 0.3, yi, f"{mean:.1f} ± {std:.1f}", va="center", fontsize=7)
+        if r.get("paper_voc_val") is not None:
+            ax_paper.barh(yi, r["paper_voc_val"], color=c, alpha=0.6)
+            ax_paper.text(r["paper_voc_val"] + 0.3, yi, f"{r['paper_voc_val']:.1f}",
+                          va="center", fontsize=7)
+    ax.set_yticks(y)
+    ax.set_yticklabels([f"{r['row']}" for r in rows], fontsize=8)
+    ax.set_xlabel("val mIoU (%), this run: mean ± std, dots = seeds")
+    means = [100 * v for r in rows for v in r["miou"] if v is not None]
+    if means:
+        ax.set_xlim(max(0.0, min(means) - 5), max(means) + 6)
+    ax_paper.set_xlabel("paper, VOC 2012 val (%)")
+    ax_paper.set_xlim(45, 62)
+    for a in (ax, ax_paper):
+        a.grid(axis="x", alpha=0.3)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    _save(fig, path)

@@ -1,16 +1,23 @@
 """The embedded digits dataset on a CPU: the whole DSRG pipeline in minutes, no downloads.
 
 What differs from VOC and why (everything else is the official default):
-  - data: 56x56 canvases (the dataset's generator at size 56: digits 17-34 px tall) used as they
-    are (no 321 warp), 11 classes; no saliency maps, so the background cue is the low-CAM
-    fallback; no flips (a mirrored digit is not a digit);
+  - data: 56x56 canvases (the dataset's generator at size 56: bold digits 22-35 px tall with
+    8-11 px strokes, 2.3-2.9 output cells; about 25% foreground) used as they are (no 321
+    warp), 11 classes; no saliency maps, so the background cue is the low-CAM fallback; no flips
+    (a mirrored digit is not a digit);
+  - time: the 10-minute main run and the 60-minute 3-seed ablation (22 DSRG trainings) on 2 CPU
+    cores set the step counts: dsrg and retrain 150 steps of 20 images (one epoch; a DSRG step
+    takes ~0.54 s here). The ASPP branches are 64 wide (half the CAM head; the step's time
+    barely depends on it: 0.56 s at 128);
   - "ImageNet": there are no pretrained weights for the small nets, so a `pretrain` stage first
     trains a 10-way classifier on single-digit crops (image-level labels only, the train split's
     digit pool, `GlyphSource`); its trunk initialises the CAM, DSRG and retrain nets, as the
     ImageNet VGG16 does on VOC. Without it the CAM classifier stays on the label prior for
     more than 1000 steps (docs/results.md);
   - models: reduced-width nets (`model.*="small"`, GroupNorm, output stride 4: 56 -> 15x15 grid,
-    the VOC ratio 321 -> 41);
+    the VOC ratio 321 -> 41); the CAM net's conv6/conv7 undilated (`small_cam_dilation=1`):
+    with dilation 2 its CAMs spill a cell past the objects and the foreground cues were 45.4%
+    precise, with 1 they are 51.4% (docs/results.md); `--quick` halves every width;
   - optimisation: far fewer steps (CPU), and Adam (no weight decay, no lr multipliers) for every
     stage: the new heads of the small nets learn from scratch, and Caffe SGD at the official
     rates leaves the DSRG net at "all background" within the CPU budget. The schedule shape of
@@ -48,23 +55,27 @@ def adam(lr: float = 1e-3, *, batch_size: int, max_steps: int, schedule: str = "
 def get_config(quick: bool = False) -> Config:
     """The full digits run, or its `--quick` reduction (fewer images and steps)."""
     n_train, n_val = (400, 100) if quick else (3000, 500)
-    pre_steps = 60 if quick else 1000
-    steps = (60, 60, 60) if quick else (400, 400, 400)   # cues, dsrg, retrain
-    batch = 16 if quick else 32
+    # --quick: narrower nets (a quarter of the compute) and fewer images and steps; the pretrain
+    # stage still needs ~20k glyph examples to leave the label prior (docs/results.md).
+    pre_steps = 800 if quick else 1000
+    steps = (200, 100, 60) if quick else (400, 150, 150)   # cues, dsrg, retrain
+    widths, head = ((16, 32, 64), 64) if quick else ((32, 64, 128), 128)
+    seg_head = None if quick else 64   # the ASPP branches: half the CAM head's width
     return Config(
         name="digits-quick" if quick else "digits",
         data=DataConfig(dataset="digits", num_classes=11, train_split="train", val_split="val",
                         input_size=SIZE, crop_size=SIZE, image_size=SIZE, num_train=n_train,
                         num_val=n_val, input_convention="torchvision", num_workers=2,
                         flip=False),
-        model=ModelConfig(segmentation="small", classifier="small", widths=(32, 64, 128),
-                          head_width=128, convs_per_block=2, small_dilations=(1, 2, 3, 4)),
+        model=ModelConfig(segmentation="small", classifier="small", widths=widths,
+                          head_width=head, convs_per_block=2, small_dilations=(1, 2, 3, 4),
+                          small_cam_dilation=1, small_seg_head_width=seg_head),
         # The digits' ImageNet: a 10-way classifier on single-digit crops; its trunk starts
         # every later net.
         pretrain=PretrainConfig(enabled=True, image_size=32, num_images=2000 if quick else 6000,
-                                optim=adam(batch_size=64, max_steps=pre_steps,
+                                optim=adam(batch_size=32, max_steps=pre_steps,
                                            schedule="constant")),
-        cues=CueConfig(optim=adam(batch_size=batch, max_steps=steps[0], schedule="constant")),
+        cues=CueConfig(optim=adam(batch_size=32, max_steps=steps[0], schedule="constant")),
         # The exact CRF on the 15x15 grid: 5 ms against 52 ms for the lattice on CPU.
         dsrg=DSRGConfig(crf_kernel="auto", optim=adam(batch_size=20, max_steps=steps[1])),
         pseudo=PseudoConfig(sizes=(42, 56, 70), crf=True, batch_size=100),
