@@ -1,7 +1,8 @@
 """The whole DSRG pipeline on the embedded digits dataset, on a CPU, from scratch.
 
-    python -m experiments.digits                 # full run (about 10 minutes on 2 CPU cores)
-    python -m experiments.digits --quick         # reduced run (about a minute or two)
+    python -m experiments.digits                 # full run (about 11 minutes on 2 CPU cores)
+    python -m experiments.digits --quick         # reduced run (about 4 minutes)
+    python -m experiments.digits --ablation --seeds 3   # + the paper's ablation, 3 seeds
 
 Writes WORKDIR/results.json ({"miou": {"cues", "dsrg", "retrain"}, "supervision": [...]}),
 WORKDIR/figures/*.png, metrics.jsonl, TensorBoard events and checkpoints; rerunning with the same
@@ -24,8 +25,8 @@ def parse_args(argv=None):
                    help="output folder (default runs/digits, or runs/digits-quick with --quick); "
                         "an existing one is resumed")
     p.add_argument("--quick", action="store_true",
-                   help="reduced run (400 train / 100 val images, 60 steps per stage) used by "
-                        "the tests")
+                   help="reduced run (400 train / 100 val images, half-width nets, fewer "
+                        "steps) used by the tests")
     p.add_argument("--ablation", action="store_true",
                    help="also run the paper's Table 2 rows (fixed cues + SEC loss, + balanced "
                         "loss, + growth, + retrain), its foreground-only / background-only "

@@ -19,7 +19,7 @@ Sources, both shipped inside PyPI wheels (nothing is downloaded):
 
 Every image is a pure function of (seed, split, index): same seed, same bytes, random access.
 Its statistics (object thickness on the grid, foreground share, ...) are measured by
-`dsrg_jax.data.digits_card`.
+`dsrg_jax.data.card.mask_statistics`.
 
 Draw a grid of samples: `python -m dsrg_jax.data.digits --figure docs/figures/digits_samples.png`;
 write it as a VOCdevkit-style tree: `python -m dsrg_jax.data.digits --export DIR`.
@@ -67,7 +67,7 @@ _DIGIT_SPLIT_SEED = 20180618  # fixed: the train/val digit split never depends o
 _VAL_PER_CLASS = 100
 # The drawing: a digit's height and its stroke width as fractions of the canvas side, and how
 # many digits an image holds. At 56 px with output stride 4 (a 15x15 grid of 3.7 px cells) the
-# strokes are 8.4-10.6 px, 2.3-2.9 cells; the foreground is about 27% of the pixels (VOC: ~30%).
+# strokes are 8.4-10.6 px, 2.3-2.9 cells; the foreground is about 25% of the pixels (VOC: ~30%).
 DIGIT_HEIGHT = (0.40, 0.62)
 STROKE_WIDTH = (0.15, 0.19)
 DIGIT_COUNT_P = (0.45, 0.35, 0.20)   # P(1, 2, 3 digits)
