@@ -370,8 +370,9 @@ def save_ablation_bars(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]
     every seed's value as a dot; beside it, the paper's VOC value where it has one (its own
     panel: a different dataset, so compare orderings, not levels).
 
-    rows: dicts with "group", "row", "miou" (per-seed fractions, None where missing) and
-    "paper_voc_val" (percent or None), as `experiments.ablation` writes them.
+    rows: dicts with "group", "row", "miou" (per-seed fractions, None where missing), "mean" and
+    "std" (fractions; absent when a seed is missing) and "paper_voc_val" (percent or None), as
+    `experiments.ablation` writes them.
     """
     plt = _pyplot()
     n = len(rows)
@@ -383,9 +384,8 @@ def save_ablation_bars(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]
     for yi, r in zip(y, rows):
         vals = np.asarray([np.nan if v is None else 100 * v for v in r["miou"]], np.float64)
         c = colours[r["group"]]
-        if np.any(~np.isnan(vals)):
-            mean = float(np.nanmean(vals))
-            std = float(np.nanstd(vals, ddof=1)) if np.sum(~np.isnan(vals)) > 1 else 0.0
+        if "mean" in r:     # the table's own summary (`experiments.ablation.summarise`)
+            mean, std = 100 * r["mean"], 100 * r["std"]
             ax.barh(yi, mean, xerr=std, color=c, alpha=0.6, capsize=3)
             ax.plot(vals, np.full_like(vals, yi), "k.", ms=4)
             ax.text(mean + std + 0.3, yi, f"{mean:.1f} ± {std:.1f}", va="center", fontsize=7)
