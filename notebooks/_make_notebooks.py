@@ -220,7 +220,7 @@ confusion matrix over the split, 255 ignored, mean over classes). Here: the pseu
 made for its training images, against the digits ground truth written as a VOC-style tree. The
 mIoU is the one the run logged for its pseudo-labels.'''),
         v4.new_code_cell(r'''from dsrg_jax import evaluate
-from dsrg_jax.data.digits import export_voc_tree
+from dsrg_jax.data.digits_export import export_voc_tree
 
 pseudo = DIGITS_DIR / "pseudo_labels"
 voc = export_voc_tree(WORKDIR / "digits_voc", num_train=len(list(pseudo.glob("*.png"))),

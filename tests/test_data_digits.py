@@ -1,10 +1,14 @@
 """The embedded digits dataset: deterministic, labels agree with masks, disjoint train/val."""
+import subprocess
+import sys
+
 import cv2
 import numpy as np
 import pytest
 from PIL import Image
 
 from dsrg_jax.data import digits as D
+from dsrg_jax.data import digits_export
 
 
 def test_same_seed_same_bytes_other_seed_other_images():
@@ -87,7 +91,8 @@ def test_bad_arguments_are_named():
 
 def test_figure_command_writes_a_png(tmp_path):
     out = tmp_path / "grid.png"
-    D.main(["--figure", str(out), "--num", "4", "--size", "64"])
+    subprocess.run([sys.executable, "-m", "dsrg_jax.data.digits", "--figure", str(out), "--num",
+                    "4", "--size", "64"], check=True, capture_output=True, timeout=300)
     with Image.open(out) as im:
         assert im.size[0] > 300 and im.size[1] > 300
 
@@ -95,7 +100,8 @@ def test_figure_command_writes_a_png(tmp_path):
 def test_exported_voc_tree_reads_back_through_the_voc_reader(tmp_path):
     from dsrg_jax.data.voc import VOCSource
 
-    D.main(["--export", str(tmp_path), "--num-train", "5", "--num-val", "3", "--size", "64"])
+    digits_export.main(["--export", str(tmp_path), "--num-train", "5", "--num-val", "3",
+                        "--size", "64"])
     for split, n in (("train", 5), ("val", 3)):
         digits = D.DigitsSource(split, num_images=n, size=64)
         voc = VOCSource(tmp_path, split, image_ext=".png", class_names=D.DIGIT_CLASSES)
@@ -137,3 +143,24 @@ def test_stroke_width_measures_bars_and_discs():
     mask[0, 0] = 255          # ignore: not an object
     (cls, cells), = object_widths(mask, (14, 14))
     assert cls == 3 and abs(cells - 2.0) <= 0.25
+
+
+def test_kept_images_are_the_drawn_bytes_and_read_only():
+    """A split that fits in memory is drawn once: the kept records are the generator's bytes,
+    and read-only, so no transform can change what a later epoch sees."""
+    kept, fresh = D.DigitsSource("val", num_images=4, size=56), \
+        D.DigitsSource("val", num_images=4, size=56, cache=False)
+    for i in range(4):
+        a, b = kept[i], fresh[i]
+        np.testing.assert_array_equal(a.image, b.image)
+        np.testing.assert_array_equal(a.mask, b.mask)
+        assert kept[i].image is a.image            # the kept copy, not drawn again
+        assert fresh[i].image is not b.image
+        with pytest.raises(ValueError, match="read-only"):
+            a.image[0, 0, 0] = 1
+    glyphs = D.GlyphSource("val", num_images=3)
+    assert glyphs[1].image is glyphs[1].image
+    # Every source of the same split shares the kept images (each stage makes its own source).
+    assert D.DigitsSource("val", num_images=4, size=56)[2].image is kept[2].image
+    # A split too large for CACHE_BYTES is drawn on every access.
+    assert not D.DigitsSource("train", num_images=3000, size=512)._drawn.keep

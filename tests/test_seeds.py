@@ -4,6 +4,7 @@ against an independent numpy cell-centre sampling, IRN / SEAM / CLIP-ES style CA
 and the pipeline's import of a seed folder."""
 import fractions
 import gzip
+import json
 import pathlib
 import pickle
 import subprocess
@@ -376,3 +377,35 @@ def test_irn_files_with_torch_tensors_are_refused_with_the_fix(blob_cams, tmp_pa
     with pytest.raises(DatasetError) as e:
         seeds.load_cam_npys(folder, ["a"], GRID, C)
     assert "torch._utils._rebuild_tensor_v2" in str(e.value) and "re-save" in str(e.value)
+
+
+def test_a_voc_run_trains_from_a_seed_png_folder(masks, voc_mini, tmp_path):
+    """Another method's seed PNGs (at image size) -> `--cues FOLDER` -> 2 DSRG steps of a
+    VOC config (random init; the narrow nets of `--quick` to keep it cheap; the DeepLab net's
+    DSRG step is run by tests/test_experiments_voc.py): the cues it trained from are the PNGs'
+    cell centres on the net's grid, and the stage finished."""
+    from dsrg_jax.pipeline import run
+    from experiments.configs.voc import get_config
+
+    pngs = _write_pngs(tmp_path / "seeds", masks, "P")
+    changes = {"data.data_dir": str(voc_mini), "data.train_split": "train",
+               "data.cues_file": str(pngs), "data.labels_from": "cues", "data.input_size": 161,
+               "data.crop_size": 161, "data.num_workers": 1, "run.checkpoint_every": 2,
+               "run.log_every": 1, "run.image_log_every": 2, "run.num_figure_images": 2,
+               "dsrg.optim.max_steps": 2, "dsrg.optim.batch_size": 2,
+               "model.segmentation": "small", "model.widths": (8, 16, 16), "model.head_width": 16}
+    workdir = tmp_path / "run"
+    run(override(get_config(), **changes), workdir, stages=("cues", "dsrg"), num_devices=2)
+    cue_set = load_cues(workdir / "cues.npz")
+    train = (voc_mini / "VOC2012" / "ImageSets" / "Segmentation" / "train.txt").read_text()
+    assert cue_set.ids == tuple(train.split())
+    grid = cue_set[cue_set.ids[0]][0].shape[:2]
+    assert grid == (41, 41)   # the narrow net's stride 4 on a 161 input
+    for image_id in cue_set.ids:
+        np.testing.assert_array_equal(cue_set[image_id][0],
+                                      _one_hot(_centre_sample(masks[image_id], *grid)))
+    info = json.loads((workdir / "dsrg" / "done.json").read_text())
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    dsrg = [r for r in rows if r.get("stage") == "dsrg"]
+    assert [r["step"] for r in dsrg] == [1, 2] and all(np.isfinite(r["loss"]) for r in dsrg)
+    assert info["seconds"] > 0 and (workdir / "dsrg" / "checkpoints").is_dir()

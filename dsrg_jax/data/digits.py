@@ -22,11 +22,11 @@ Its statistics (object thickness on the grid, foreground share, ...) are measure
 `dsrg_jax.data.card.mask_statistics`.
 
 Draw a grid of samples: `python -m dsrg_jax.data.digits --figure docs/figures/digits_samples.png`;
-write it as a VOCdevkit-style tree: `python -m dsrg_jax.data.digits --export DIR`.
+write it as a VOCdevkit-style tree: `python -m dsrg_jax.data.digits --export DIR` (both in
+`dsrg_jax.data.digits_export`).
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import gzip
 import importlib.util
@@ -37,7 +37,6 @@ import numpy as np
 from PIL import Image
 
 from dsrg_jax.data.card import stroke_width
-from dsrg_jax.data.files import write_id_list, write_label_png
 from dsrg_jax.data.records import (
     CueSource,
     DatasetError,
@@ -71,6 +70,10 @@ _VAL_PER_CLASS = 100
 DIGIT_HEIGHT = (0.40, 0.62)
 STROKE_WIDTH = (0.15, 0.19)
 DIGIT_COUNT_P = (0.45, 0.35, 0.20)   # P(1, 2, 3 digits)
+# A split is kept in memory once drawn when all its images fit in this many bytes (3,000 train
+# images at 56 px take 38 MB): every training epoch and every pass of the cue, pseudo-label and
+# evaluation stages then reuses the bytes instead of drawing them again (~2 ms per image).
+CACHE_BYTES = 256 * 2**20
 
 
 def _package_dir(name: str) -> pathlib.Path:
@@ -246,8 +249,40 @@ def make_digits_example(
     return np.clip(np.rint(img), 0, 255).astype(np.uint8), mask
 
 
+@functools.lru_cache(maxsize=8)
+def _kept_arrays(kind: str, split: str, seed: int, size: int, canvas: int) -> dict[int, tuple]:
+    """The kept drawings of one (kind, split, seed, size, canvas), shared by every source of it
+    (each stage makes its own source of the train split)."""
+    return {}
+
+
+class _Drawn:
+    """The drawn arrays of a split by index, kept (read-only) when the split fits `CACHE_BYTES`.
+
+    The drawing is a pure function of its key and the index, so a kept copy is the same bytes;
+    loader threads that race on one index both draw it and keep one.
+    """
+
+    def __init__(self, draw, key: tuple, num_images: int, bytes_per_image: int,
+                 cache: bool | None):
+        self.draw = draw
+        self.keep = (num_images * bytes_per_image <= CACHE_BYTES) if cache is None else cache
+        self.kept: dict[int, tuple] = _kept_arrays(*key) if self.keep else {}
+
+    def __call__(self, index: int) -> tuple:
+        got = self.kept.get(index)
+        if got is None:
+            got = self.draw(index)
+            for a in got:
+                if isinstance(a, np.ndarray):
+                    a.setflags(write=False)
+            if self.keep:
+                self.kept[index] = got
+        return got
+
+
 class DigitsSource:
-    """The digits dataset of one split as `Record`s (generated on access, deterministic).
+    """The digits dataset of one split as `Record`s (drawn on access, deterministic).
 
     Args:
       split: "train" or "val".
@@ -256,6 +291,8 @@ class DigitsSource:
       size: canvas side in pixels.
       saliency: optional SaliencyDir (maps named by image id).
       cues: optional seed cues by id (bool[h, w, 11]).
+      cache: keep the drawn images in memory (default: when the split fits `CACHE_BYTES`).
+    Records' image and mask arrays are read-only (they may be the kept copies).
     """
 
     class_names = DIGIT_CLASSES
@@ -269,6 +306,7 @@ class DigitsSource:
         size: int = DEFAULT_SIZE,
         saliency: SaliencyDir | None = None,
         cues: CueSource = None,
+        cache: bool | None = None,
     ):
         _check_split(split)
         self.split = split
@@ -281,6 +319,10 @@ class DigitsSource:
         self.ids = [f"digits_{split}_{i:05d}" for i in range(self.num_images)]
         self.saliency = saliency
         self.cues = cues
+        self._drawn = _Drawn(
+            lambda i: make_digits_example(split, i, seed=self.seed, size=self.size),
+            ("digits", split, self.seed, self.size, 0), self.num_images, 4 * self.size ** 2,
+            cache)
 
     def __len__(self) -> int:
         return self.num_images
@@ -288,7 +330,7 @@ class DigitsSource:
     def __getitem__(self, index: int) -> Record:
         if not 0 <= index < self.num_images:
             raise IndexError(f"index {index} out of range for {self.num_images} digits images")
-        image, mask = make_digits_example(self.split, index, seed=self.seed, size=self.size)
+        image, mask = self._drawn(index)
         image_id = self.ids[index]
         sal = None if self.saliency is None else self.saliency.load(image_id, image.shape[:2])
         return Record(
@@ -345,7 +387,7 @@ class GlyphSource:
     class_names = DIGIT_CLASSES
 
     def __init__(self, split: str = "train", *, num_images: int = 6000, seed: int = 0,
-                 size: int = GLYPH_SIZE, canvas: int = 56):
+                 size: int = GLYPH_SIZE, canvas: int = 56, cache: bool | None = None):
         _check_split(split)
         if num_images <= 0:
             raise ValueError(f"num_images must be positive, got {num_images}")
@@ -353,6 +395,11 @@ class GlyphSource:
         self.size, self.canvas = int(size), int(canvas)
         self.num_classes = NUM_DIGIT_CLASSES
         self.ids = [f"glyph_{split}_{i:05d}" for i in range(self.num_images)]
+        self._drawn = _Drawn(
+            lambda i: make_glyph_example(split, i, seed=self.seed, size=self.size,
+                                         canvas=self.canvas),
+            ("glyph", split, self.seed, self.size, self.canvas), self.num_images,
+            3 * self.size ** 2, cache)
 
     def __len__(self) -> int:
         return self.num_images
@@ -360,102 +407,13 @@ class GlyphSource:
     def __getitem__(self, index: int) -> Record:
         if not 0 <= index < self.num_images:
             raise IndexError(f"index {index} out of range for {self.num_images} glyph images")
-        image, digit = make_glyph_example(self.split, index, seed=self.seed, size=self.size,
-                                          canvas=self.canvas)
+        image, digit = self._drawn(index)
         labels = np.zeros(NUM_DIGIT_CLASSES, bool)
         labels[digit + 1] = True
         return Record(self.ids[index], image, labels)
 
 
-def export_voc_tree(
-    root: str | pathlib.Path, *, seed: int = 0, size: int = DEFAULT_SIZE,
-    num_train: int | None = None, num_val: int | None = None,
-) -> pathlib.Path:
-    """Writes the dataset as a VOCdevkit-style tree for `VOCSource`.
+if __name__ == "__main__":   # `python -m dsrg_jax.data.digits`: the sample figure and the export
+    from dsrg_jax.data.digits_export import main
 
-    Read it back with `VOCSource(root, split, image_ext=".png", class_names=DIGIT_CLASSES)`.
-
-    Layout under root/VOC2012: JPEGImages/<id>.png (lossless, despite the folder name),
-    SegmentationClass/<id>.png (palette), ImageSets/Segmentation/{train,val}.txt.
-    Returns the VOC2012 folder.
-    """
-    voc = pathlib.Path(root) / "VOC2012"
-    (voc / "JPEGImages").mkdir(parents=True, exist_ok=True)
-    for split, n in (("train", num_train), ("val", num_val)):
-        src = DigitsSource(split, num_images=n, seed=seed, size=size)
-        for i in range(len(src)):
-            image, mask = make_digits_example(split, i, seed=seed, size=size)
-            Image.fromarray(image).save(voc / "JPEGImages" / f"{src.ids[i]}.png")
-            write_label_png(voc / "SegmentationClass" / f"{src.ids[i]}.png", mask)
-        write_id_list(voc / "ImageSets" / "Segmentation" / f"{split}.txt", src.ids)
-    return voc
-
-
-def save_sample_grid(
-    path: str | pathlib.Path, *, split: str = "train", num: int = 12, seed: int = 0,
-    size: int = DEFAULT_SIZE, cols: int = 6,
-) -> pathlib.Path:
-    """Saves a figure: each sample's image above its mask (VOC colours), titled with its labels."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    # Figure colours: black background, tab10 for digits 0..9 (class d+1), white for ignore.
-    palette = np.zeros((256, 3), np.uint8)
-    palette[1:11] = (np.asarray(plt.get_cmap("tab10").colors) * 255).astype(np.uint8)
-    palette[255] = 255
-
-    src = DigitsSource(split, num_images=num, seed=seed, size=size)
-    rows = -(-num // cols)
-    fig, axes = plt.subplots(2 * rows, cols, figsize=(1.9 * cols, 2.0 * 2 * rows))
-    axes = np.asarray(axes).reshape(2 * rows, cols)
-    for ax in axes.ravel():
-        ax.axis("off")
-    for i in range(num):
-        rec = src[i]
-        r, c = 2 * (i // cols), i % cols
-        names = [DIGIT_CLASSES[k] for k in np.flatnonzero(rec.labels) if k > 0]
-        axes[r, c].imshow(rec.image)
-        axes[r, c].set_title(f"{rec.image_id[-5:]}: labels {{{', '.join(names)}}}", fontsize=7)
-        axes[r + 1, c].imshow(palette[rec.mask])
-        axes[r + 1, c].set_title("mask", fontsize=7)
-    fig.suptitle(
-        f"digits {split}, seed {seed}, {size}x{size}: image (top), ground-truth mask (bottom; "
-        "colour = digit: " + ", ".join(f"{d}={n}" for d, n in enumerate(
-            ("blue", "orange", "green", "red", "purple", "brown", "pink", "grey", "olive", "cyan")))
-        + ")", fontsize=8,
-    )
-    fig.tight_layout()
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description="The embedded digits dataset.")
-    p.add_argument("--figure", help="write a grid of samples with masks and labels to this PNG")
-    p.add_argument("--split", default="train", choices=SPLITS)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", type=int, default=DEFAULT_SIZE)
-    p.add_argument("--num", type=int, default=12, help="samples in the figure")
-    p.add_argument("--export", help="write the dataset as a VOCdevkit-style tree under this folder")
-    p.add_argument("--num-train", type=int, default=None, help="train images to export")
-    p.add_argument("--num-val", type=int, default=None, help="val images to export")
-    a = p.parse_args(argv)
-    if not (a.figure or a.export):
-        p.error("nothing to do: pass --figure PATH and/or --export DIR")
-    if a.figure:
-        out = save_sample_grid(a.figure, split=a.split, num=a.num, seed=a.seed, size=a.size)
-        print(f"wrote {out}")
-    if a.export:
-        voc = export_voc_tree(a.export, seed=a.seed, size=a.size, num_train=a.num_train,
-                              num_val=a.num_val)
-        print(f"wrote {voc} (read it with VOCSource(root, split, image_ext='.png', "
-              "class_names=DIGIT_CLASSES))")
-
-
-if __name__ == "__main__":
     main()

@@ -2,7 +2,7 @@
 
   cam_val_miou             CAM segmentation of val (present class with the largest CAM,
                            background where none reaches `cues.bg_cam_threshold`)
-  cam_bg_threshold_curve   the low-CAM background rule over a range of thresholds, on train
+  BgThresholdCurve         the low-CAM background rule over a range of thresholds, on train
 """
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ import numpy as np
 from dsrg_jax.data import transforms as T
 from dsrg_jax.evaluate import Evaluator
 from dsrg_jax.ops.cam import class_activation_maps, seed_cues_from_cams
-from dsrg_jax.ops.metrics import confusion_matrix, cue_counts, cue_quality, mean_iou
+from dsrg_jax.ops.metrics import confusion_matrix, cue_counts, cue_quality
 from dsrg_jax.pipeline.splits import has_masks, iterate, valid_rows
 from dsrg_jax.pipeline.workdir import Experiment
-from dsrg_jax.sharding import global_batch, replicated_to_host, to_host
+from dsrg_jax.sharding import replicated_to_host, to_host
 from dsrg_jax.train.logging import log
 
 BG_THRESHOLDS = tuple(round(0.05 * k, 2) for k in range(1, 11))  # 0.05 .. 0.5
@@ -57,58 +57,77 @@ def cam_val_miou(exp: Experiment, cam_predict, variables) -> dict:
     return {"miou": res["miou"], "pixel_accuracy": res["pixel_accuracy"]}
 
 
-def cam_bg_threshold_curve(exp: Experiment, cam_predict, variables, source, grid,
-                           thresholds=BG_THRESHOLDS) -> dict:
+class BgThresholdCurve:
     """The low-CAM background rule (background where the strongest present CAM < t; config
-    `cues.bg_cam_threshold`) over a range of t, in one pass over the train CAMs.
+    `cues.bg_cam_threshold`) over a range of t, accumulated over the train batches the cue
+    stage already passes through the CAM net (no second pass).
 
     Per t: precision / recall / IoU / mIoU of the seed cues against the ground truth on the cue
-    grid, and the mIoU of the CAM segmentation at the input size (as `cam_val_miou`). Returns
-    {"bg_threshold_curve": {...}}, or {} when the train split has no masks or the background
-    comes from saliency.
+    grid, and the mIoU of the CAM segmentation at the input size (as `cam_val_miou`).
+
+        curve = BgThresholdCurve(cfg, grid)
+        for each global batch: curve.add(cams, gb, grid_masks)
+        curve.result()   # {"bg_threshold_curve": {...}}
     """
-    cfg, c = exp.cfg, exp.cfg.cues
-    if cfg.data.saliency_dir is not None or not has_masks(source):
-        return {}
-    ts = sorted(set(float(t) for t in thresholds) | {float(c.bg_cam_threshold)})
-    num_classes, size = cfg.data.num_classes, cfg.data.input_size
 
-    @jax.jit
-    def counts(cams, labels_fg, mask, grid_mask, valid):
-        # Rows padded for the devices (or past the split's end) count nothing.
-        mask = jnp.where(valid[:, None, None], mask, 255)
-        grid_mask = jnp.where(valid[:, None, None], grid_mask, 255)
-        up = jax.image.resize(cams, (cams.shape[0], size, size, cams.shape[-1]), "bilinear",
-                              antialias=False)
-        up = jnp.where(labels_fg[:, None, None, :], up, -1.0)
-        strongest, best = jnp.max(up, -1), jnp.argmax(up, -1) + 1
+    def __init__(self, cfg, grid: tuple[int, int], thresholds=BG_THRESHOLDS):
+        c = cfg.cues
+        self.configured = float(c.bg_cam_threshold)
+        self.ts = sorted(set(float(t) for t in thresholds) | {self.configured})
+        num_classes, size = cfg.data.num_classes, cfg.data.input_size
+        self.grid = grid
+        self.cue_counts = np.zeros((len(self.ts), num_classes, 3), np.int64)
+        self.evaluators = [Evaluator(num_classes) for _ in self.ts]
+        ts = jnp.asarray(self.ts, jnp.float32)
 
-        def one(t):
-            cues = seed_cues_from_cams(cams, labels_fg, None, fg_rule=c.fg_rule,
-                                       fg_threshold=c.fg_threshold,
-                                       fg_top_fraction=c.fg_top_fraction, bg_cam_threshold=t)
-            pred = jnp.where(strongest > t, best, 0)
-            return cue_counts(cues, grid_mask), confusion_matrix(pred, mask, num_classes)
+        @jax.jit
+        def counts(cams, labels_fg, mask, grid_mask, valid):
+            # Rows padded for the devices (or past the split's end) count nothing.
+            mask = jnp.where(valid[:, None, None], mask, 255)
+            grid_mask = jnp.where(valid[:, None, None], grid_mask, 255)
+            up = jax.image.resize(cams, (cams.shape[0], size, size, cams.shape[-1]),
+                                  "bilinear", antialias=False)
+            up = jnp.where(labels_fg[:, None, None, :], up, -1.0)
+            strongest, best = jnp.max(up, -1), jnp.argmax(up, -1) + 1
 
-        return jax.vmap(one)(jnp.asarray(ts, jnp.float32))
+            def one(t):
+                cues = seed_cues_from_cams(cams, labels_fg, None, fg_rule=c.fg_rule,
+                                           fg_threshold=c.fg_threshold,
+                                           fg_top_fraction=c.fg_top_fraction,
+                                           bg_cam_threshold=t)
+                pred = jnp.where(strongest > t, best, 0)
+                return cue_counts(cues, grid_mask), confusion_matrix(pred, mask, num_classes)
 
-    cue_n = np.zeros((len(ts), num_classes, 3), np.int64)
-    conf = np.zeros((len(ts), num_classes, num_classes), np.int64)
-    for hb, gb in iterate(exp, source, _mask_transform(size), cfg.eval.batch_size):
-        masks = global_batch({"mask": hb["mask"], "valid": hb["valid"],
-                              "grid": np.stack([T.grid_nearest(m, grid) for m in hb["mask"]])},
-                             exp.mesh)
-        cams = cams_of_batch(cam_predict, variables, gb["image"], gb["labels"][:, 1:])
-        cc, cm = counts(cams, gb["labels"][:, 1:], masks["mask"], masks["grid"], masks["valid"])
-        cue_n += replicated_to_host(cc).astype(np.int64)   # sums over the global batch
-        conf += replicated_to_host(cm).astype(np.int64)
-    curve: dict[str, Any] = {"thresholds": ts, "configured": float(c.bg_cam_threshold)}
-    for k in range(len(ts)):
-        for key, v in cue_quality(cue_n[k]).items():
-            curve.setdefault(key, []).append(v)
-        curve.setdefault("cam_miou", []).append(mean_iou(conf[k]))
-    best = int(np.nanargmax(curve["cam_miou"]))
-    log(f"[cues] low-CAM background threshold on train: CAM segmentation mIoU "
-        f"{100 * curve['cam_miou'][best]:.2f} at t={ts[best]} (configured t={c.bg_cam_threshold}: "
-        f"{100 * curve['cam_miou'][ts.index(float(c.bg_cam_threshold))]:.2f})")
-    return {"bg_threshold_curve": curve}
+            return jax.vmap(one)(ts)
+
+        self._counts = counts
+
+    @staticmethod
+    def applies(cfg, source) -> bool:
+        """Only for the low-CAM background (no saliency) of a split with masks."""
+        return cfg.data.saliency_dir is None and has_masks(source)
+
+    def add(self, cams: jax.Array, gb: dict, grid_masks: jax.Array) -> None:
+        """One global batch: cams float[B, h, w, C-1], gb's "labels", "mask" uint8[B, H, W]
+        and "valid", grid_masks uint8[B, h, w] (the masks on the cue grid)."""
+        cc, cm = self._counts(cams, gb["labels"][:, 1:], gb["mask"], grid_masks, gb["valid"])
+        self.cue_counts += replicated_to_host(cc).astype(np.int64)   # the whole global batch
+        # The counts already cover every process's rows: only process 0 adds them, so the
+        # evaluators' sum over processes counts each image once.
+        if jax.process_index() == 0:
+            for ev, conf in zip(self.evaluators, replicated_to_host(cm)):
+                ev.add_confusion(conf)
+
+    def result(self) -> dict:
+        """{"bg_threshold_curve": thresholds, configured, per-t cue quality and cam_miou}."""
+        ts = self.ts
+        curve: dict[str, Any] = {"thresholds": ts, "configured": self.configured}
+        for k in range(len(ts)):
+            for key, v in cue_quality(self.cue_counts[k]).items():
+                curve.setdefault(key, []).append(v)
+            curve.setdefault("cam_miou", []).append(self.evaluators[k].result()["miou"])
+        best = int(np.nanargmax(curve["cam_miou"]))
+        log(f"[cues] low-CAM background threshold on train: CAM segmentation mIoU "
+            f"{100 * curve['cam_miou'][best]:.2f} at t={ts[best]} (configured "
+            f"t={self.configured}: {100 * curve['cam_miou'][ts.index(self.configured)]:.2f})")
+        return {"bg_threshold_curve": curve}

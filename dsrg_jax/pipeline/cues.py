@@ -26,11 +26,11 @@ from dsrg_jax.models import model_for
 from dsrg_jax.ops.cam import seed_cues_from_cams
 from dsrg_jax.ops.metrics import cue_counts, cue_quality
 from dsrg_jax.pipeline import nets
-from dsrg_jax.pipeline.cams import cam_bg_threshold_curve, cam_val_miou, cams_of_batch
+from dsrg_jax.pipeline.cams import BgThresholdCurve, cam_val_miou, cams_of_batch
 from dsrg_jax.pipeline.sources import cam_transform
 from dsrg_jax.pipeline.splits import has_masks, iterate
 from dsrg_jax.pipeline.workdir import Experiment
-from dsrg_jax.sharding import gather_over_processes, sum_over_processes, to_host
+from dsrg_jax.sharding import gather_over_processes, global_batch, sum_over_processes, to_host
 from dsrg_jax.train import steps
 from dsrg_jax.train.logging import is_writer, log
 
@@ -113,8 +113,13 @@ def run_cues(exp: Experiment) -> dict:
     transform = T.warp_transform(size, cue_size=None, fields=fields, flip=False)
     all_cues, all_labels, all_idx, all_valid = [], [], [], []
     counts = np.zeros((cfg.data.num_classes, 3), np.int64)
+    curve = BgThresholdCurve(cfg, grid) if BgThresholdCurve.applies(cfg, train) else None
     for hb, gb in iterate(exp, train, transform, cfg.eval.batch_size):
         cams = cams_of_batch(cam_predict, variables, gb["image"], gb["labels"][:, 1:])
+        if with_mask:   # the masks on the cue grid (padding rows too: they are counted out)
+            grid_masks = np.stack([T.grid_nearest(m, grid) for m in hb["mask"]])
+        if curve is not None:
+            curve.add(cams, gb, global_batch({"grid": grid_masks}, exp.mesh)["grid"])
         sal = None
         if use_sal:
             sal = jnp.asarray(np.stack([
@@ -131,9 +136,8 @@ def run_cues(exp: Experiment) -> dict:
         all_idx.append(hb["index"])
         all_valid.append(valid)
         if with_mask:
-            grid_masks = np.stack([T.grid_nearest(m, grid) for m in hb["mask"][valid]])
-            counts += np.asarray(cue_counts(jnp.asarray(cues[valid]), jnp.asarray(grid_masks)),
-                                 np.int64)
+            counts += np.asarray(cue_counts(jnp.asarray(cues[valid]),
+                                            jnp.asarray(grid_masks[valid])), np.int64)
     # Every process gathers every process's rows, then keeps each image once (padding dropped).
     cues, labels, idx, valid = (gather_over_processes(np.concatenate(a))
                                 for a in (all_cues, all_labels, all_idx, all_valid))
@@ -153,7 +157,8 @@ def run_cues(exp: Experiment) -> dict:
         info["train_quality"] = cue_quality(sum_over_processes(counts))
     if with_mask:   # the dataset card: what the objects look like on this grid
         info["train_masks"] = mask_statistics(train, grid, max_images=CARD_IMAGES)
-    info.update(cam_bg_threshold_curve(exp, cam_predict, variables, train, grid))
+    if curve is not None:
+        info.update(curve.result())
     info["val_cam"] = cam_val_miou(exp, cam_predict, variables)
     quality = info.get("train_quality")
     log(f"[cues] {len(ids)} images, background from {info['background']}; train cue quality "
