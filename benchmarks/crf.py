@@ -8,8 +8,9 @@ layer does), and pydensecrf2 over a process pool of every core (`dense_crf_host_
 `--with-model`, also times one forward pass of the DeepLab-v2 VGG16 net (321x321) for scale.
 
 `--agreement` prints instead how closely the JAX CRF (both kernels) reproduces pydensecrf2 on real
-photographs (scikit-image's samples and the VOC images of ../shared/data/voc_mini, if present) on
-the training grid, with smooth random probability maps.
+photographs (scikit-image's samples and, if present, the voc_mini VOC images of the shared test
+data: `$DSRG_SHARED_DATA/voc_mini`, found as the tests find it) on the training grid, with smooth
+random probability maps.
 
 Run from the project root:
   python -m benchmarks.crf --repeats 7 --with-model
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import pathlib
 import platform
 import statistics
 import time
@@ -31,6 +33,11 @@ from scipy import ndimage
 
 from dsrg_jax import crf_host
 from dsrg_jax.ops import crf
+
+# The shared test data, as tests/conftest.py finds it: DSRG_SHARED_DATA, else shared/data beside
+# the project.
+SHARED_DATA = pathlib.Path(os.environ.get(
+    "DSRG_SHARED_DATA", pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
 def _photos(n: int, size: int) -> np.ndarray:
@@ -139,7 +146,7 @@ def main() -> None:
                         help="also time one DeepLab-v2 VGG16 forward pass (321x321, 1 image)")
     parser.add_argument("--agreement", action="store_true",
                         help="instead of timing, print the agreement with pydensecrf2")
-    parser.add_argument("--voc-root", default="../shared/data/voc_mini/VOC2012",
+    parser.add_argument("--voc-root", default=str(SHARED_DATA / "voc_mini" / "VOC2012"),
                         help="VOC2012 folder whose JPEGImages join the agreement images")
     args = parser.parse_args()
     if args.agreement:

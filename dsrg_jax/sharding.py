@@ -147,6 +147,33 @@ def broadcast_from_process0(x: np.ndarray) -> np.ndarray:
     return np.asarray(multihost_utils.broadcast_one_to_all(np.asarray(x)))
 
 
+def _padded(data: bytes, size: int) -> np.ndarray:
+    """`data` as uint8[n], zero-padded to n = the next power of two >= max(size, 256) (few
+    distinct shapes: each shape of a collective compiles once)."""
+    n = 1 << max(int(size) - 1, 255).bit_length()
+    out = np.zeros(n, np.uint8)
+    out[:len(data)] = np.frombuffer(data, np.uint8)
+    return out
+
+
+def broadcast_bytes_from_process0(data: bytes) -> bytes:
+    """Process 0's `data` on every process (the others' `data` is ignored)."""
+    if jax.process_count() == 1:
+        return bytes(data)
+    n = int(broadcast_from_process0(np.asarray(len(data), np.int32)))
+    buf = _padded(data if jax.process_index() == 0 else b"", n)
+    return broadcast_from_process0(buf)[:n].tobytes()
+
+
+def gather_bytes_over_processes(data: bytes) -> list[bytes]:
+    """Every process's `data` (any lengths), in process order."""
+    if jax.process_count() == 1:
+        return [bytes(data)]
+    sizes = gather_over_processes(np.asarray([len(data)], np.int32))
+    bufs = np.asarray(multihost_utils.process_allgather(_padded(data, int(sizes.max()))))
+    return [bufs[i, :int(n)].tobytes() for i, n in enumerate(sizes)]
+
+
 def sync_processes(name: str) -> None:
     """Waits until every process reaches this point (no-op with one process)."""
     if jax.process_count() > 1:

@@ -5,7 +5,8 @@ import argparse
 import errno
 import sys
 import time
-import traceback
+
+from dsrg_jax import cli
 
 STAGE_CHOICES = ("pretrain", "cues", "dsrg", "pseudo", "retrain", "eval", "all")
 
@@ -26,8 +27,7 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
                    help="compute dtype of the nets (model.dtype): bfloat16 runs the "
                         "convolutions in bf16 on GPU / TPU; parameters, optimiser state, CRF, "
                         "growth and losses stay float32 (default: the config's, float32)")
-    p.add_argument("--debug", action="store_true",
-                   help="print the traceback of an error too (by default: one line)")
+    cli.add_debug_flag(p)
     p.add_argument("--num-devices", type=int, default=None,
                    help="use only the first N devices (default: all devices of all hosts)")
     p.add_argument("--predict-split", default=None, metavar="NAME",
@@ -68,12 +68,9 @@ def stages_of(args):
     return STAGES if args.stage == "all" else (args.stage,)
 
 
-def _fail(error, debug: bool, exc: BaseException | None = None) -> None:
-    """One line on stderr and exit status 1 (with --debug, the traceback first)."""
-    if debug:
-        traceback.print_exception(exc or error)
-    print(f"error: {' '.join(str(error).split())}", file=sys.stderr, flush=True)
-    sys.exit(1)
+_WRITE_ERRORS = {errno.ENOSPC: "the disk is full", errno.EACCES: "permission denied",
+                 errno.EROFS: "the file system is read-only", errno.EDQUOT: "the disk quota is "
+                 "exceeded", errno.EIO: "input/output error"}
 
 
 def run_and_report(cfg, workdir, stages, num_devices=None, predict=None,
@@ -81,13 +78,9 @@ def run_and_report(cfg, workdir, stages, num_devices=None, predict=None,
     """Prints the config in one line, runs the stages; signals, NaN, missing data, bad files,
     a locked, read-only or full workdir -> one line and an exit status (128 + signal after a
     save; 1 for errors; `args_debug`: also the traceback)."""
-    from dsrg_jax.config import ConfigError
-    from dsrg_jax.data.records import DatasetError
     from dsrg_jax.pipeline import run
-    from dsrg_jax.train.checkpoint import CheckpointError
-    from dsrg_jax.train.lock import LockHeld
     from dsrg_jax.train.logging import log
-    from dsrg_jax.train.loop import Preempted, TrainingDiverged
+    from dsrg_jax.train.loop import Preempted
 
     log(cfg.summary() + f" (all fields: {workdir}/config.json)")
     t0 = time.perf_counter()
@@ -96,15 +89,15 @@ def run_and_report(cfg, workdir, stages, num_devices=None, predict=None,
     except Preempted as e:
         print(str(e), file=sys.stderr, flush=True)
         sys.exit(128 + e.signum)
-    except (TrainingDiverged, DatasetError, ConfigError, FileNotFoundError, CheckpointError,
-            LockHeld) as e:
-        _fail(e, args_debug)
-    except OSError as e:            # a read-only or full workdir, a vanished file system, ...
-        what = {errno.ENOSPC: "the disk is full", errno.EACCES: "permission denied",
-                errno.EROFS: "the file system is read-only"}.get(e.errno, e.strerror or str(e))
-        _fail(f"cannot write or read {e.filename or workdir}: {what}; nothing finished was lost "
-              f"(the last checkpoint and done stages stay): fix it and rerun the same command to "
-              f"resume", args_debug, e)
+    except OSError as e:
+        if e.errno not in _WRITE_ERRORS:      # a missing input file, an undecodable image, ...
+            cli.fail(e, debug=args_debug)
+        # A read-only or full workdir, a vanished file system, ...
+        cli.fail(f"cannot write or read {e.filename or workdir}: {_WRITE_ERRORS[e.errno]}; "
+                 f"nothing finished was lost (the last checkpoint and done stages stay): fix it "
+                 f"and rerun the same command to resume", debug=args_debug, exc=e)
+    except cli.expected_errors() as e:    # bad data or config, damaged checkpoint, lock held
+        cli.fail(e, debug=args_debug)
     log(f"total wall time {time.perf_counter() - t0:.1f} s")
     if "miou" in out:
         log(summary_text(out, workdir))
@@ -217,15 +210,21 @@ def dataset_parser(prog: str, description: str, data_help: str) -> argparse.Argu
                    help="segmentation backbone: DeepLab-v2 VGG16 ASPP-L or ResNet-101 ASPP")
     p.add_argument("--init-weights", default=None,
                    help="ImageNet weights (.pth or .safetensors; torchvision vgg16-397923af.pth "
-                        "or resnet101-63fe2227.pth); without it the nets train from scratch")
+                        "or resnet101-63fe2227.pth), or a DeepLab-v2 VGG16 .caffemodel (the "
+                        "authors' init vgg16_20M_mc.caffemodel or a DSRG snapshot; segmentation "
+                        "net only, so give the CAM classifier --cam-init-weights or --cues); "
+                        "without it the nets train from scratch")
     p.add_argument("--cam-init-weights", default=None, metavar="PATH",
                    help="ImageNet VGG16 weights for the cues stage's CAM classifier (default: "
                         "--init-weights with --backbone vgg16); needed with --backbone "
                         "resnet101 and --init-weights unless --cues is given")
     p.add_argument("--cues", default=None,
-                   help="official cue file (DSRG's localization_cues-sal.pickle, the published "
-                        "setup, or SEC's localization_cues.pickle.gz) or a dsrg_jax cues .npz; "
-                        "skips the CAM classifier")
+                   help="seed cues, which skip the CAM classifier: an official cue file (DSRG's "
+                        "localization_cues-sal.pickle, the published setup, or SEC's "
+                        "localization_cues.pickle.gz), a dsrg_jax cues .npz, a folder of seed "
+                        "PNGs <id>.png (class index per pixel, 255 = no cue) or a folder of CAM "
+                        "files <id>.npy (IRN, SEAM, CLIP-ES, ...; made cues by the --fg-* / "
+                        "--bg-* rule)")
     p.add_argument("--labels-from", default=None, choices=("masks", "cues"),
                    help="image-level labels of the DSRG stage's train images: 'cues' = the cue "
                         "file's per-image labels (as the published DSRG trains; they "
@@ -243,8 +242,41 @@ def dataset_parser(prog: str, description: str, data_help: str) -> argparse.Argu
     p.add_argument("--eval-batch-size", type=int, default=None, metavar="N",
                    help="global batch of the pseudo-label and eval stages (default 10), rounded "
                         "up to a multiple of the device count")
+    g = p.add_argument_group(
+        "CAM -> cue rule (of the CAM classifier's cues, or of --cues given a folder of CAM .npy "
+        "files; default: the config's, SEC's)")
+    g.add_argument("--fg-rule", default=None, choices=("relative", "top_fraction"),
+                   help="foreground cue where a present class's CAM is above --fg-threshold x "
+                        "its maximum (relative, SEC's code) or in its top --fg-top-fraction "
+                        "(top_fraction, the paper's wording)")
+    g.add_argument("--fg-threshold", type=float, default=None, metavar="T",
+                   help="cues.fg_threshold, in [0, 1] (default 0.2)")
+    g.add_argument("--fg-top-fraction", type=float, default=None, metavar="F",
+                   help="cues.fg_top_fraction, in [0, 1] (default 0.2)")
+    g.add_argument("--bg-cam-threshold", type=float, default=None, metavar="T",
+                   help="without --saliency-dir: background where no present class's "
+                        "normalised CAM reaches T (cues.bg_cam_threshold, default 0.1)")
+    g.add_argument("--bg-saliency-threshold", type=float, default=None, metavar="T",
+                   help="with --saliency-dir: background where the normalised saliency is below "
+                        "T (cues.bg_saliency_threshold, default 0.06)")
     add_run_flags(p)
     return p
+
+
+CUE_RULE_FLAGS = {"fg_rule": "cues.fg_rule", "fg_threshold": "cues.fg_threshold",
+                  "fg_top_fraction": "cues.fg_top_fraction",
+                  "bg_cam_threshold": "cues.bg_cam_threshold",
+                  "bg_saliency_threshold": "cues.bg_saliency_threshold"}
+
+
+def check_num_devices(args) -> None:
+    """Exits with one line when --num-devices is outside 1..the device count."""
+    import jax
+
+    n, have = getattr(args, "num_devices", None), jax.device_count()
+    if n is not None and not 1 <= n <= have:
+        sys.exit(f"error: --num-devices must be in 1..{have} (the devices JAX found: "
+                 f"{have} {jax.devices()[0].platform}), got {n}")
 
 
 def check_data(cfg, predict=None) -> None:
@@ -259,7 +291,7 @@ def check_data(cfg, predict=None) -> None:
     from dsrg_jax.train.logging import log
 
     dataset = get_dataset(cfg.data.dataset)
-    try:
+    try:                # OSError: an unreadable file or folder (no permission, bad header, ...)
         for split in ("train", "val"):
             src = dataset.source(cfg.data, split, with_saliency=split == "train")
             name = f"{cfg.data.dataset} {split}"
@@ -273,22 +305,23 @@ def check_data(cfg, predict=None) -> None:
             check_sizes_and_masks(src, canvas=cfg.eval.canvas, num_classes=cfg.data.num_classes,
                                   name=f"{cfg.data.dataset} {predict}")
             log(f"data check: {cfg.data.dataset} {predict}: {n} images, all files present")
-    except DatasetError as e:
-        sys.exit(f"error: {' / '.join(str(e).splitlines())}")
+    except (DatasetError, OSError) as e:
+        sys.exit(f"error: {cli.one_line(e)}")
 
 
 def dataset_main(args, get_config, data_hint: str) -> dict:
     """Checks the paths, starts the TPU runtime if asked, resolves the config and runs."""
     import pathlib
 
-    from dsrg_jax.config import override
+    from dsrg_jax.config import ConfigError, override
 
     if not pathlib.Path(args.data_dir).is_dir():
         sys.exit(f"error: data dir {args.data_dir} not found: {data_hint}")
     if args.init_weights is not None and not pathlib.Path(args.init_weights).is_file():
         sys.exit(f"error: weights file {args.init_weights} not found: download torchvision's "
                  f"ImageNet weights (https://download.pytorch.org/models/vgg16-397923af.pth or "
-                 f"resnet101-63fe2227.pth) and pass their path to --init-weights")
+                 f"resnet101-63fe2227.pth), or use a DeepLab-v2 VGG16 .caffemodel, and pass "
+                 f"its path to --init-weights")
     if args.cam_init_weights is not None and not pathlib.Path(args.cam_init_weights).is_file():
         sys.exit(f"error: weights file {args.cam_init_weights} not found: download torchvision's "
                  f"ImageNet VGG16 weights (https://download.pytorch.org/models/vgg16-397923af.pth)"
@@ -298,9 +331,23 @@ def dataset_main(args, get_config, data_hint: str) -> dict:
         sys.exit("error: --backbone resnet101 without --cues trains the VGG16 CAM classifier, "
                  "which cannot use the ResNet-101 --init-weights: pass ImageNet VGG16 weights "
                  "(vgg16-397923af.pth) with --cam-init-weights, or official cues with --cues")
+    if str(args.init_weights).endswith(".caffemodel") and args.backbone != "vgg16":
+        sys.exit(f"error: --init-weights {args.init_weights}: a .caffemodel holds a DeepLab-v2 "
+                 f"VGG16; with --backbone {args.backbone} pass torchvision's ImageNet weights "
+                 f"(resnet101-63fe2227.pth)")
+    if (str(args.init_weights).endswith(".caffemodel") and args.cues is None
+            and args.cam_init_weights is None and args.stage in ("cues", "all")):
+        sys.exit("error: a .caffemodel --init-weights starts the DeepLab-v2 VGG16 segmentation "
+                 "net only; the CAM classifier of the cues stage needs ImageNet VGG16 weights "
+                 "(vgg16-397923af.pth) with --cam-init-weights, or pass official cues with --cues")
+    if str(args.cam_init_weights).endswith(".caffemodel"):
+        sys.exit(f"error: --cam-init-weights {args.cam_init_weights}: the CAM classifier takes "
+                 f"ImageNet VGG16 weights (.pth or .safetensors, e.g. vgg16-397923af.pth), not a "
+                 f".caffemodel")
     if args.eval_batch_size is not None and args.eval_batch_size <= 0:
         sys.exit(f"error: --eval-batch-size must be positive, got {args.eval_batch_size}")
     init_distributed(args)
+    check_num_devices(args)
     changes = {"data.data_dir": args.data_dir, "model.init_weights": args.init_weights,
                "model.classifier_init_weights": args.cam_init_weights,
                "data.saliency_dir": args.saliency_dir, "data.cues_file": args.cues,
@@ -312,7 +359,13 @@ def dataset_main(args, get_config, data_hint: str) -> dict:
         changes["pseudo.batch_size"] = changes["eval.batch_size"] = args.eval_batch_size
     if args.canvas is not None:
         changes["eval.canvas"] = args.canvas or None
-    cfg = apply_run_flags(override(get_config(), **changes), args)
+    changes.update({field: getattr(args, flag) for flag, field in CUE_RULE_FLAGS.items()
+                    if getattr(args, flag) is not None})
+    try:
+        cfg = override(get_config(), **changes)
+    except ConfigError as e:
+        sys.exit(f"error: {cli.one_line(e)}")   # names the field (the flags' help names it)
+    cfg = apply_run_flags(cfg, args)
     check_data(cfg, args.predict_split)
     return run_and_report(cfg, args.workdir, stages_of(args), args.num_devices,
                           predict=args.predict_split, args_debug=args.debug)

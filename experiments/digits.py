@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from dsrg_jax import cli
 from experiments import common
 
 
@@ -50,21 +51,31 @@ def main(argv=None) -> dict:
     if (args.seeds > 1 or args.ablation_rows) and not args.ablation:
         sys.exit("error: --seeds and --ablation-rows need --ablation")
     common.init_distributed(args)
+    common.check_num_devices(args)
     from experiments.configs.digits import get_config
 
+    if args.ablation:   # before the main run, which takes a while
+        from experiments.ablation import ROW_NAMES
+
+        rows = ROW_NAMES if args.ablation_rows is None else tuple(args.ablation_rows.split(","))
+        if unknown := [r for r in rows if r not in ROW_NAMES]:
+            sys.exit(f"error: --ablation-rows: unknown rows {unknown}; known: {list(ROW_NAMES)}")
     cfg = common.apply_run_flags(get_config(quick=args.quick), args)
     workdir = args.workdir or ("runs/digits-quick" if args.quick else "runs/digits")
     out = common.run_and_report(cfg, workdir, common.stages_of(args), args.num_devices,
                                 predict=args.predict_split, args_debug=args.debug)
     if args.ablation:
-        from experiments.ablation import ROW_NAMES, run_ablation
+        from dsrg_jax.train.loop import Preempted
+        from experiments.ablation import run_ablation
 
-        rows = ROW_NAMES if args.ablation_rows is None else tuple(args.ablation_rows.split(","))
         try:
-            run_ablation(cfg, workdir, seeds=[cfg.run.seed + i for i in range(args.seeds)],
-                         rows=rows, num_devices=args.num_devices)
-        except ValueError as e:
-            sys.exit(f"error: {e} (--ablation-rows)")
+            cli.run(lambda: run_ablation(cfg, workdir, seeds=[cfg.run.seed + i
+                                                              for i in range(args.seeds)],
+                                         rows=rows, num_devices=args.num_devices),
+                    debug=args.debug)
+        except Preempted as e:
+            print(str(e), file=sys.stderr, flush=True)
+            sys.exit(128 + e.signum)
     return out
 
 

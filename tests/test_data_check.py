@@ -125,7 +125,45 @@ def test_full_check_cli(root, capsys):
     fake.corrupt_jpeg(root / "JPEGImages" / "2008_000003.jpg")
     with pytest.raises(SystemExit) as e:
         check_main(["--data-dir", str(root), "--splits", "train"])
-    assert "2008_000003.jpg" in str(e.value.code)
+    assert e.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
+    assert "2008_000003.jpg" in err
+
+
+def test_full_check_reports_every_bad_split_together(root, capsys):
+    """One run of the check lists the problems of all splits, not just the first bad one."""
+    fake.corrupt_jpeg(root / "JPEGImages" / f"{TRAIN[2]}.jpg")
+    (root / "SegmentationClass" / f"{VAL[1]}.png").unlink()
+    with pytest.raises(SystemExit) as e:
+        check_main(["--data-dir", str(root), "--splits", "train", "val"])
+    assert e.value.code == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "voc train: 1 of 4 items are bad" in err and f"{TRAIN[2]}.jpg" in err
+    assert "voc val: 1 of 2 items are bad" in err and f"{VAL[1]}.png" in err
+
+
+def test_full_check_knows_each_dataset_s_splits_from_the_registry(tmp_path, capsys):
+    """--dataset coco checks COCO's train2014 / val2014 (not VOC's train_aug / val)."""
+    with pytest.raises(SystemExit):
+        check_main(["--dataset", "coco", "--data-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert "instances_train2014.json not found" in err
+    assert "instances_val2014.json not found" in err
+
+
+def test_full_check_traceback_only_with_debug(root, capsys):
+    (root / "ImageSets" / "Segmentation" / "val.txt").unlink()
+    with pytest.raises(SystemExit):
+        check_main(["--data-dir", str(root), "--splits", "val"])
+    err = capsys.readouterr().err
+    assert err.startswith("error: voc val: ") and "no list for split 'val'" in err
+    assert "Traceback" not in err
+    with pytest.raises(SystemExit):
+        check_main(["--data-dir", str(root), "--splits", "val", "--debug"])
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.splitlines()[-1].startswith("error: voc val: ")
 
 
 def test_masks_out_of_range_and_images_over_the_canvas_are_named_before_training(root):
@@ -146,3 +184,17 @@ def test_masks_out_of_range_and_images_over_the_canvas_are_named_before_training
     assert str(bad_mask) in msg and "[40]" in msg
     assert f"{TRAIN[1]}.jpg is 64x41, larger than the inference canvas 60" in msg
     assert "--canvas 64" in msg
+
+
+def test_an_image_with_a_corrupt_header_is_named_before_training(root):
+    """A file PIL cannot identify is one problem naming it, not a traceback from PIL."""
+    from dsrg_jax.data.check import check_sizes_and_masks
+
+    path = root / "JPEGImages" / f"{TRAIN[0]}.jpg"
+    path.write_bytes(b"\x00" * 64)
+    with pytest.raises(DatasetError) as e:
+        check_sizes_and_masks(VOCSource(root, "train"), canvas=513, num_classes=21,
+                              name="voc train")
+    msg = str(e.value)
+    assert "\n" not in msg and "voc train: 1 problems" in msg
+    assert f"{path}: cannot read the image" in msg

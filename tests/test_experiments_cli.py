@@ -1,4 +1,9 @@
 """The CLIs explain every flag and fail with one clear line when data or weights are missing."""
+import os
+import pathlib
+import subprocess
+import sys
+
 import pytest
 
 from dsrg_jax.data import fake
@@ -173,3 +178,137 @@ def test_a_full_or_read_only_workdir_is_one_line_on_stderr(monkeypatch, tmp_path
     with pytest.raises(SystemExit):
         common.run_and_report(Config(), tmp_path / "w", ("cues",), args_debug=True)
     assert "Traceback" in capsys.readouterr().err
+
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_num_devices_above_the_device_count_is_one_line_from_the_command_line(tmp_path):
+    """The real CLI in a fresh process (one CPU device): exit 1, one line naming the flag, no
+    traceback, nothing written."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO), "XLA_FLAGS": ""}
+    proc = subprocess.run([sys.executable, "-m", "experiments.digits", "--quick", "--workdir",
+                           str(tmp_path / "w"), "--num-devices", "3"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith("error: --num-devices must be in 1..1") and "got 3" in proc.stderr
+    assert not (tmp_path / "w").exists()
+
+
+def test_an_image_with_a_corrupt_header_is_named_at_start(voc_dir, tmp_path, captured):
+    bad = voc_dir / "VOC2012" / "JPEGImages" / f"{VAL[1]}.jpg"
+    bad.write_bytes(b"GIF89a broken")
+    with pytest.raises(SystemExit) as e:
+        voc.main(["--data-dir", str(voc_dir), "--workdir", str(tmp_path / "w")])
+    msg = str(e.value.code)
+    assert msg.startswith("error: ") and "\n" not in msg
+    assert f"{bad}: cannot read the image" in msg
+    assert "cfg" not in captured  # nothing ran
+
+
+def test_cam_to_cue_rule_flags_reach_the_config(voc_dir, tmp_path, captured):
+    """--fg-rule / --fg-threshold / --fg-top-fraction / --bg-cam-threshold /
+    --bg-saliency-threshold set the cues.* fields a CAM .npy folder given to --cues (or the
+    CAM classifier) is made cues with."""
+    cams = tmp_path / "cams"
+    cams.mkdir()
+    base = ["--data-dir", str(voc_dir), "--workdir", str(tmp_path / "w"), "--cues", str(cams)]
+    voc.main(base)
+    default = captured["cfg"].cues
+    voc.main(base + ["--fg-rule", "top_fraction", "--fg-threshold", "0.3", "--fg-top-fraction",
+                     "0.15", "--bg-cam-threshold", "0.05", "--bg-saliency-threshold", "0.1"])
+    c = captured["cfg"].cues
+    assert (c.fg_rule, c.fg_threshold, c.fg_top_fraction, c.bg_cam_threshold,
+            c.bg_saliency_threshold) == ("top_fraction", 0.3, 0.15, 0.05, 0.1)
+    assert (default.fg_rule, default.fg_threshold) == ("relative", 0.2)
+    assert captured["cfg"].data.cues_file == str(cams)
+    with pytest.raises(SystemExit) as e:
+        voc.main(base + ["--fg-threshold", "1.5"])
+    msg = str(e.value.code)
+    assert msg.startswith("error: ") and "fg_threshold" in msg and "\n" not in msg
+
+
+def test_help_names_every_kind_of_weights_and_cues():
+    text = _dataset_help()
+    assert ".caffemodel" in text
+    for kind in (".npz", "localization_cues-sal.pickle", "seed PNGs", "CAM files <id>.npy"):
+        assert kind in text
+    for flag in ("--fg-rule", "--fg-threshold", "--fg-top-fraction", "--bg-cam-threshold",
+                 "--bg-saliency-threshold"):
+        assert flag in text
+
+
+def _dataset_help() -> str:
+    from experiments import common
+
+    return " ".join(common.dataset_parser("x", "y", "z").format_help().split())
+
+
+def test_a_caffemodel_for_the_cam_classifier_is_refused_up_front(voc_dir, tmp_path, captured):
+    weights = tmp_path / "vgg16_20M_mc.caffemodel"
+    weights.write_bytes(b"x")
+    base = ["--data-dir", str(voc_dir), "--workdir", str(tmp_path / "w"), "--init-weights",
+            str(weights)]
+    with pytest.raises(SystemExit) as e:
+        voc.main(base)
+    assert "--cam-init-weights" in str(e.value.code) and "cfg" not in captured
+    voc.main(base + ["--cues", "cues.pickle.gz"])   # the segmentation net only: fine
+    assert captured["cfg"].model.init_weights == str(weights)
+
+
+def test_ablation_errors_are_one_line_and_unknown_rows_refused_before_the_main_run(
+        tmp_path, monkeypatch, capsys):
+    from experiments import common
+
+    ran = []
+    monkeypatch.setattr(common, "run_and_report", lambda *a, **kw: ran.append(1) or {})
+    with pytest.raises(SystemExit) as e:
+        digits.main(["--workdir", str(tmp_path / "w"), "--ablation", "--ablation-rows", "nope"])
+    assert "--ablation-rows" in str(e.value.code) and "'nope'" in str(e.value.code)
+    assert ran == []
+    # No finished main run in the workdir: run_ablation's FileNotFoundError, in one line.
+    with pytest.raises(SystemExit) as e:
+        digits.main(["--workdir", str(tmp_path / "w"), "--ablation"])
+    assert e.value.code == 1 and ran == [1]
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
+    assert "the main run is not finished" in err
+
+
+def test_a_damaged_final_checkpoint_of_a_finished_stage_is_refused_naming_its_folder(
+        tmp_path, capsys):
+    """The dsrg stage is done, but its final checkpoint (step 2) no longer reads: the pseudo
+    stage does not go on with the step-1 weights; one line names the folder and what to do."""
+    from dsrg_jax.config import override
+    from dsrg_jax.pipeline import nets
+    from dsrg_jax.pipeline.workdir import Experiment
+    from dsrg_jax.train.checkpoint import Checkpoints
+    from experiments import common
+    from experiments.configs.digits import get_config
+
+    cfg = override(get_config(quick=True), **{
+        "data.num_train": 8, "data.num_val": 4, "dsrg.optim.max_steps": 2,
+        "model.widths": (4, 8, 8), "model.head_width": 8, "model.convs_per_block": 1})
+    workdir = tmp_path / "w"
+    exp = Experiment.create(cfg, workdir)
+    _, variables, _ = nets.build_model(cfg, "dsrg")
+    _, _, state = nets._optimiser_and_state(exp, "dsrg", variables)
+    ckpt = Checkpoints(exp.path("dsrg", "checkpoints"), keep=cfg.run.keep_checkpoints)
+    for step in (1, 2):    # what a finished 2-step stage leaves: its last two checkpoints
+        ckpt.save(step, state, {"step": step})
+    ckpt.close()
+    exp.mark_done("dsrg", {"seconds": 1.0})
+    exp.writer.close()
+    folder = exp.path("dsrg", "checkpoints")
+    (folder / "2" / "state" / "_METADATA").write_text('{"tree_metadata": {')
+    capsys.readouterr()
+
+    with pytest.raises(SystemExit) as e:
+        common.run_and_report(cfg, workdir, ("pseudo",))
+    assert e.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
+    assert f"the final checkpoint (step 2) of the dsrg stage in {folder} is damaged" in err
+    assert str(exp.path("dsrg", "done.json")) in err
+    assert not exp.path("pseudo", "done.json").exists()

@@ -1,5 +1,5 @@
 """The training loop resumes exactly, saves on SIGTERM, and stops on NaN keeping the last good
-checkpoint."""
+checkpoint; a SIGTERM stops the inference passes and the stages between two loops too."""
 import json
 import os
 import shutil
@@ -14,12 +14,15 @@ from dsrg_jax.config import OptimConfig
 from dsrg_jax.data.digits import DigitsSource
 from dsrg_jax.data.pipeline import Pipeline
 from dsrg_jax.models.small import SmallCAM
-from dsrg_jax.pipeline.sources import cam_transform
+from dsrg_jax.pipeline import runner
+from dsrg_jax.pipeline.sources import cam_transform, inference_transform
+from dsrg_jax.pipeline.splits import iterate
+from dsrg_jax.pipeline.workdir import Experiment
 from dsrg_jax.sharding import make_mesh, replicate
 from dsrg_jax.train import steps as S
 from dsrg_jax.train.checkpoint import Checkpoints
 from dsrg_jax.train.logging import MetricsWriter
-from dsrg_jax.train.loop import Preempted, TrainingDiverged, train_loop
+from dsrg_jax.train.loop import Preempted, Signals, TrainingDiverged, train_loop
 from dsrg_jax.train.optim import caffe_sgd
 from dsrg_jax.weights import get_input_convention
 
@@ -108,3 +111,49 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
                                                r"\(step 4\) is kept"):
         _run(tmp_path, 8, step_wrapper=poison)
     assert Checkpoints(tmp_path / "ckpt").latest_step() == 4
+
+
+def _pass_with_sigterm_at(exp, batch):
+    """Runs an inference pass over 40 images (batch 8), SIGTERM to itself at batch `batch`;
+    returns the number of batches it saw (raises what the pass raises)."""
+    seen = 0
+    for _ in iterate(exp, DigitsSource("val", num_images=40, size=48),
+                     inference_transform(48, with_mask=False), 8):
+        seen += 1
+        if seen == batch:
+            os.kill(os.getpid(), signal.SIGTERM)
+    return seen
+
+
+def _experiment(tmp_path):
+    from experiments.configs.digits import get_config
+
+    return Experiment(get_config(quick=True), tmp_path, make_mesh(), None)
+
+
+def test_sigterm_during_an_inference_pass_stops_it_and_restores_the_handler(tmp_path):
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Preempted, match="SIGTERM: stopped a pass over a split before it "
+                                        "finished; rerun the same command") as e:
+        _pass_with_sigterm_at(_experiment(tmp_path), 2)
+    assert e.value.signum == signal.SIGTERM and e.value.step is None
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_sigterm_in_a_stage_or_before_it_stops_it_unmarked(tmp_path, monkeypatch):
+    """Inside a stage's pass, or between two stages (the run's handler keeps the signal): the
+    stage stops with `Preempted` naming it and is not marked done (a rerun runs it)."""
+    exp = _experiment(tmp_path)
+    monkeypatch.setitem(runner.RUNNERS, "cues", lambda exp: {"seen": _pass_with_sigterm_at(exp, 3)})
+    with pytest.raises(Preempted, match="SIGTERM: stopped stage 'cues' before it finished"):
+        runner.run_stage(exp, "cues")
+    assert exp.done("cues") is None
+    started = []
+    monkeypatch.setitem(runner.RUNNERS, "cues", lambda exp: started.append(1) or {})
+    with Signals():
+        os.kill(os.getpid(), signal.SIGTERM)
+        with pytest.raises(Preempted, match="SIGTERM: stopped stage 'cues' before it finished"):
+            runner.run_stage(exp, "cues")
+    assert started == [] and exp.done("cues") is None
+    runner.run_stage(exp, "cues")          # no signal since: the rerun runs and marks it
+    assert started == [1] and exp.done("cues") is not None

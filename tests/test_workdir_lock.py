@@ -115,3 +115,55 @@ def test_disabled_lock_does_nothing(tmp_path):
     with WorkdirLock(tmp_path / "w", enabled=False):
         pass
     assert not (tmp_path / "w").exists()
+
+
+def _tree(folder) -> dict:
+    """Every path under `folder` with its size and modification time."""
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
+
+
+def test_second_real_run_on_a_workdir_exits_at_once_and_the_first_is_unaffected(tmp_path):
+    """Two `python -m experiments.digits` runs on one workdir: the second is refused in one line
+    naming the first and writes nothing; the first (held still meanwhile, so that it surely
+    holds the lock) then finishes: exit 0, its stage done, each metrics row once."""
+    import json
+    import time
+
+    workdir = tmp_path / "w"
+    cmd = [sys.executable, "-m", "experiments.digits", "--quick", "--stage", "pretrain",
+           "--max-steps", "2", "--workdir", str(workdir)]
+    env = {**ENV, "XLA_FLAGS": ""}   # one CPU device: the cheapest run
+    with open(tmp_path / "first.log", "w") as log:
+        first = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + WAIT_S
+        while first.poll() is None and time.monotonic() < deadline:
+            text = (workdir / ".lock").read_text() if (workdir / ".lock").is_file() else ""
+            if f'"pid": {first.pid}' in text:
+                break
+            time.sleep(0.02)
+        assert first.poll() is None, "the first run ended before it could be paused"
+        os.kill(first.pid, signal.SIGSTOP)     # holds the lock, does nothing
+        before = _tree(workdir)
+        t0 = time.monotonic()
+        second = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True,
+                                timeout=WAIT_S)
+        seconds = time.monotonic() - t0
+        after = _tree(workdir)
+    finally:
+        if first.poll() is None:
+            os.kill(first.pid, signal.SIGCONT)
+    assert second.returncode == 1, second.stdout + second.stderr
+    err = second.stderr
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    assert f"pid {first.pid} on {socket.gethostname()} since " in err and str(workdir) in err
+    assert "[pretrain]" not in second.stdout and seconds < WAIT_S
+    assert after == before                     # the second touched nothing
+
+    assert first.wait(timeout=300) == 0, (tmp_path / "first.log").read_text()[-3000:]
+    done = json.loads((workdir / "pretrain" / "done.json").read_text())
+    assert 0 <= done["val_accuracy"] <= 1
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in rows if r.get("stage") == "pretrain"]
+    assert steps == sorted(set(steps)) and steps[-1] == 2   # each step once, to the end
+    assert (workdir / ".lock").read_text() == ""           # released

@@ -13,14 +13,14 @@ import concurrent.futures as cf
 import dataclasses
 import logging
 import pathlib
-import sys
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
+from dsrg_jax import cli
 from dsrg_jax.config import Config, override
 from dsrg_jax.data.records import DatasetError, Problem, Source, Subset
-from dsrg_jax.data.registry import get_dataset
+from dsrg_jax.data.registry import DATASETS, get_dataset
 
 log = logging.getLogger(__name__)
 
@@ -131,13 +131,28 @@ def check_files(source: Source, *, name: str = "dataset", max_listed: int = 5,
     return n
 
 
+# What PIL raises for a file it cannot read: UnidentifiedImageError (an OSError) for a header it
+# does not know, OSError for truncated data or no permission, SyntaxError / ValueError for broken
+# PNG chunks.
+_UNREADABLE = (OSError, SyntaxError, ValueError)
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    if isinstance(e, UnidentifiedImageError):
+        return "not an image file PIL can identify"
+    return f"{type(e).__name__}: {' '.join(str(e).split())}"
+
+
 def check_sizes_and_masks(source: Source, *, canvas: int | None, num_classes: int,
                           name: str = "dataset", max_listed: int = 5,
                           num_workers: int = 8) -> None:
     """What the later stages need of a VOC-style source, checked before any training: every
     image fits the inference canvas (its header is read, the pixels are not) and every mask
     holds only class indices 0..C-1 or 255 (each mask is decoded). One DatasetError lists the
-    bad files; sources without per-file masks (COCO, digits) check the image sizes only.
+    bad files, an image or mask PIL cannot read among them. Sources without per-file masks
+    (COCO, digits) are not checked here.
 
     Args:
       canvas: the inference canvas side (`eval.canvas`), or None (no size limit).
@@ -150,15 +165,21 @@ def check_sizes_and_masks(source: Source, *, canvas: int | None, num_classes: in
     def problems(i):
         image_id, out = source.ids[i], []
         path = pathlib.Path(source.image_path(image_id))
-        with Image.open(path) as im:
-            w, h = im.size
+        try:
+            with Image.open(path) as im:
+                w, h = im.size
+        except _UNREADABLE as e:
+            return [f"{path}: cannot read the image ({_reason(e)})"]
         if canvas is not None and max(h, w) > canvas:
             out.append(f"{path} is {h}x{w}, larger than the inference canvas {canvas} (pass "
                        f"--canvas {max(h, w)} or more)")
         mask = source.mask_path(image_id)
         if mask is not None and pathlib.Path(mask).is_file():
-            with Image.open(mask) as m:
-                values = np.unique(np.asarray(m))
+            try:
+                with Image.open(mask) as m:
+                    values = np.unique(np.asarray(m))
+            except _UNREADABLE as e:
+                return [*out, f"{mask}: cannot read the mask ({_reason(e)})"]
             bad = values[~allowed[values]]
             if bad.size:
                 out.append(f"{mask} holds values {bad[:5].tolist()} (expected 0..{num_classes - 1}"
@@ -178,34 +199,47 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(
         prog="python -m dsrg_jax.data.check",
         description="Read and decode every image, mask and saliency map of the splits an "
-                    "experiment uses; list every bad file.")
-    p.add_argument("--dataset", default="voc", choices=("voc", "coco"))
-    p.add_argument("--data-dir", required=True, help="the --data-dir of the experiment")
+                    "experiment uses; list every bad file of every split.")
+    p.add_argument("--dataset", default="voc", choices=sorted(DATASETS))
+    p.add_argument("--data-dir", default=None,
+                   help="the --data-dir of the experiment (not used by digits)")
     p.add_argument("--splits", nargs="+", default=None,
                    help="splits to check (default: the experiment's train and val splits)")
     p.add_argument("--saliency-dir", default=None, help="the --saliency-dir of the experiment")
     p.add_argument("--workers", type=int, default=8, help="reader threads")
+    cli.add_debug_flag(p)
     a = p.parse_args(argv)
-    changes = {"data.dataset": a.dataset, "data.data_dir": a.data_dir,
-               "data.saliency_dir": a.saliency_dir}
-    if a.dataset == "coco":  # experiments/configs/coco.py's splits
-        changes.update({"data.num_classes": 81, "data.train_split": "train2014",
-                        "data.val_split": "val2014"})
-    cfg = override(Config(), **changes)
-    dataset = get_dataset(a.dataset)
-    splits = a.splits or [cfg.data.train_split, cfg.data.val_split]
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    errors = []
-    for split in splits:   # every split is checked, its problems reported together
+    cli.run(lambda: check_splits(a.dataset, a.data_dir, a.splits, saliency_dir=a.saliency_dir,
+                                 num_workers=a.workers), debug=a.debug)
+
+
+def check_splits(dataset: str, data_dir: str | None, splits=None, *,
+                 saliency_dir: str | None = None, num_workers: int = 8) -> None:
+    """`check_dataset` of every split (default: the dataset's train and val splits), printing
+    each fine one; raises one DatasetError with the problems of every bad split."""
+    ds = get_dataset(dataset)
+    d = override(Config(), **ds.data_fields(), **{"data.data_dir": data_dir,
+                                                  "data.saliency_dir": saliency_dir}).data
+    errors: list[str] = []
+    opening: dict[str, list[str]] = {}    # error opening a split -> the splits it stops
+    for split in splits or [d.train_split, d.val_split]:
+        name = f"{dataset} {split}"
         try:
-            saliency = cfg.data.saliency_dir if split == cfg.data.train_split else None
-            src = dataset.open(cfg.data, split, saliency=saliency)
-            _, report = check_dataset(src, num_workers=a.workers, name=split)
+            src = ds.open(d, split, saliency=saliency_dir if split == d.train_split else None)
+        except (DatasetError, OSError) as e:   # every split is checked, reported together
+            opening.setdefault(cli.one_line(e), []).append(name)
+            continue
+        try:
+            _, report = check_dataset(src, num_workers=num_workers, name=name)
             print(f"{split}: {report.num_checked} items, all fine")
         except DatasetError as e:
-            errors.append(f"{split}: {e}")
+            errors.append(str(e))
+        except OSError as e:
+            errors.append(f"{name}: {cli.one_line(e)}")
+    errors += [f"{', '.join(names)}: {msg}" for msg, names in opening.items()]
     if errors:
-        sys.exit("error: " + "\n".join(errors))
+        raise DatasetError("\n".join(errors))
 
 
 if __name__ == "__main__":

@@ -18,16 +18,9 @@ import warnings
 
 import numpy as np
 
+from dsrg_jax.data import records
 from dsrg_jax.data.files import PathLike, read_image
-from dsrg_jax.data.records import (
-    IGNORE_INDEX,
-    CueSource,
-    DatasetError,
-    Problem,
-    Record,
-    check_by_loading,
-    lookup_cues,
-)
+from dsrg_jax.data.records import IGNORE_INDEX, DatasetError, Record
 from dsrg_jax.data.saliency import SaliencyDir
 
 COCO_CATEGORY_IDS = (
@@ -91,7 +84,7 @@ class CocoSource:
         masks: bool = True,
         crowd: str = "class",
         saliency: SaliencyDir | PathLike | None = None,
-        cues: CueSource = None,
+        cues: records.CueSource = None,
     ):
         if crowd not in ("class", "ignore"):
             raise ValueError(f"crowd must be 'class' or 'ignore', got {crowd!r}")
@@ -157,7 +150,7 @@ class CocoSource:
         mask = self.mask(index) if self.masks else None
         sal = None if self.saliency is None else self.saliency.load(image_id, image.shape[:2])
         return Record(image_id, image, self.labels(index), mask=mask,
-                      cues=lookup_cues(self.cues, image_id), saliency=sal)
+                      cues=records.lookup_cues(self.cues, image_id), saliency=sal)
 
-    def check_item(self, index: int) -> list[Problem]:
-        return check_by_loading(self, index)
+    def check_item(self, index: int) -> list[records.Problem]:
+        return records.check_by_loading(self, index)

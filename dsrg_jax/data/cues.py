@@ -230,7 +230,10 @@ def import_official_cues(pickle_path: str | os.PathLike,
                   cue_col=stacked[2], image_labels=labels, grid_size=(grid_size, grid_size))
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The flags of the official-pickle conversion (`python -m dsrg_jax.data.cues --pickle`)."""
+    from dsrg_jax import cli
+
     parser = argparse.ArgumentParser(
         prog="python -m dsrg_jax.data.cues",
         description="Convert an official cue pickle (DSRG's localization_cues-sal.pickle or "
@@ -244,7 +247,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--input-list", default=None,
                         help="train_aug input_list.txt (default: beside the pickle)")
     parser.add_argument("--out", required=True, help="output .npz path")
-    args = parser.parse_args(argv)
+    cli.add_debug_flag(parser)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Converts the official pickle the flags name; raises what `import_official_cues` raises
+    (the command line reports it in one line: `dsrg_jax.data.seeds.main`)."""
+    convert_official(parse_args(argv))
+
+
+def convert_official(args: argparse.Namespace) -> None:
+    """Writes the .npz of `parse_args`'s flags and prints a summary."""
     cue_set = import_official_cues(args.pickle, args.input_list)
     cue_set.save(args.out)
     pixels = len(cue_set) * cue_set.grid_size[0] * cue_set.grid_size[1]

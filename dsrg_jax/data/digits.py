@@ -265,11 +265,13 @@ class _Drawn:
 
     def __init__(self, draw, key: tuple, num_images: int, bytes_per_image: int,
                  cache: bool | None):
-        self.draw = draw
+        self.draw, self.what, self.num_images = draw, f"{key[0]} images", num_images
         self.keep = (num_images * bytes_per_image <= CACHE_BYTES) if cache is None else cache
         self.kept: dict[int, tuple] = _kept_arrays(*key) if self.keep else {}
 
     def __call__(self, index: int) -> tuple:
+        if not 0 <= index < self.num_images:
+            raise IndexError(f"index {index} out of range for {self.num_images} {self.what}")
         got = self.kept.get(index)
         if got is None:
             got = self.draw(index)
@@ -328,8 +330,6 @@ class DigitsSource:
         return self.num_images
 
     def __getitem__(self, index: int) -> Record:
-        if not 0 <= index < self.num_images:
-            raise IndexError(f"index {index} out of range for {self.num_images} digits images")
         image, mask = self._drawn(index)
         image_id = self.ids[index]
         sal = None if self.saliency is None else self.saliency.load(image_id, image.shape[:2])
@@ -405,8 +405,6 @@ class GlyphSource:
         return self.num_images
 
     def __getitem__(self, index: int) -> Record:
-        if not 0 <= index < self.num_images:
-            raise IndexError(f"index {index} out of range for {self.num_images} glyph images")
         image, digit = self._drawn(index)
         labels = np.zeros(NUM_DIGIT_CLASSES, bool)
         labels[digit + 1] = True

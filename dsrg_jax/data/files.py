@@ -4,7 +4,8 @@ from __future__ import annotations
 import os
 import pathlib
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image
@@ -12,6 +13,7 @@ from PIL import Image
 from dsrg_jax.data.records import IGNORE_INDEX, DatasetError
 
 PathLike = str | os.PathLike
+T = TypeVar("T")
 
 
 def voc_palette(n: int = 256) -> np.ndarray:
@@ -31,6 +33,22 @@ def voc_palette(n: int = 256) -> np.ndarray:
 VOC_PALETTE = voc_palette()
 
 
+def decode_file(path: pathlib.Path, what: str, decode: Callable[[Image.Image], T]) -> T:
+    """Opens an image file, decodes every byte and returns `decode(im)` of the PIL image `im`.
+
+    A truncated file fails here, not later. Raises DatasetError naming the file and `what` (e.g.
+    "label mask") if PIL or `decode` cannot read it.
+    """
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return decode(im)
+    except DatasetError:
+        raise
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError... for bad files
+        raise DatasetError(f"{path}: cannot decode {what} ({type(e).__name__}: {e})") from e
+
+
 def read_image(path: PathLike) -> np.ndarray:
     """Decodes an image file fully. Returns uint8[H, W, 3] RGB.
 
@@ -39,16 +57,8 @@ def read_image(path: PathLike) -> np.ndarray:
     path = pathlib.Path(path)
     if not path.is_file():
         raise DatasetError(f"{path}: image file not found")
-    try:
-        with Image.open(path) as im:
-            im.load()  # decodes every byte: a truncated JPEG fails here, not later
-            if im.mode != "RGB":
-                im = im.convert("RGB")
-            return np.asarray(im, dtype=np.uint8)
-    except DatasetError:
-        raise
-    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError... for bad files
-        raise DatasetError(f"{path}: cannot decode image ({type(e).__name__}: {e})") from e
+    return decode_file(path, "image", lambda im: np.asarray(
+        im if im.mode == "RGB" else im.convert("RGB"), dtype=np.uint8))
 
 
 def read_label_png(path: PathLike, num_classes: int) -> np.ndarray:
@@ -62,13 +72,7 @@ def read_label_png(path: PathLike, num_classes: int) -> np.ndarray:
     path = pathlib.Path(path)
     if not path.is_file():
         raise DatasetError(f"{path}: label mask not found")
-    try:
-        with Image.open(path) as im:
-            im.load()
-            mode = im.mode
-            arr = np.asarray(im)
-    except Exception as e:
-        raise DatasetError(f"{path}: cannot decode label mask ({type(e).__name__}: {e})") from e
+    mode, arr = decode_file(path, "label mask", lambda im: (im.mode, np.asarray(im)))
     if mode in ("P", "L"):
         mask = arr.astype(np.uint8)
     elif mode == "RGB":

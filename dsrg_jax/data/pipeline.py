@@ -242,9 +242,12 @@ def measure(pipeline: Pipeline, num_batches: int, warmup: int = 2) -> dict[str, 
 
 
 def main(argv=None) -> None:
-    from dsrg_jax.data import transforms as T
+    """`python -m dsrg_jax.data.pipeline`: the input pipeline's images/s; a missing or bad
+    dataset -> one line (`--debug`: the traceback)."""
+    from dsrg_jax import cli
 
     p = argparse.ArgumentParser(
+        prog="python -m dsrg_jax.data.pipeline",
         description="Measure the input pipeline's images/s on this machine.")
     p.add_argument("--dataset", default="digits", choices=("digits", "voc"))
     p.add_argument("--voc-root", help="VOC2012 folder (for --dataset voc)")
@@ -256,15 +259,18 @@ def main(argv=None) -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--prefetch", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3, help="timed runs; the median is reported")
+    cli.add_debug_flag(p)
     a = p.parse_args(argv)
-    if a.dataset == "digits":
-        from dsrg_jax.data.digits import DigitsSource
+    cli.run(lambda: _measure_main(a), debug=a.debug)
 
-        src = DigitsSource(a.split)
-    else:
-        from dsrg_jax.data.voc import VOCSource
 
-        src = VOCSource(a.voc_root, a.split)
+def _measure_main(a) -> None:
+    """`main`'s measurement, from its parsed flags."""
+    from dsrg_jax.config import DataConfig
+    from dsrg_jax.data import transforms as T
+    from dsrg_jax.data.registry import get_dataset
+
+    src = get_dataset(a.dataset).open(DataConfig(dataset=a.dataset, data_dir=a.voc_root), a.split)
     if a.stage == "dsrg":
         tf = T.warp_transform(a.size, cue_size=None, fields=("image", "labels", "mask"))
     else:

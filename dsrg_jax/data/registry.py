@@ -52,6 +52,7 @@ class Dataset:
       hint: what to download when the data is missing.
       image_side: data config -> the side of its (square) images when they all have one size,
         else None.
+      train_split, val_split: the split names its experiment trains and validates on.
     """
 
     name: str
@@ -61,6 +62,18 @@ class Dataset:
     prediction_layout: tuple[str, ...] = ()
     hint: str = ""
     image_side: Callable[[DataConfig], int | None] = lambda d: None
+    train_split: str = "train"
+    val_split: str = "val"
+
+    @property
+    def num_classes(self) -> int:
+        """Classes, background included."""
+        return len(self.class_names)
+
+    def data_fields(self) -> dict[str, Any]:
+        """Config overrides ("data.<field>": value) for this dataset with its default splits."""
+        return {"data.dataset": self.name, "data.num_classes": self.num_classes,
+                "data.train_split": self.train_split, "data.val_split": self.val_split}
 
     def split_name(self, d: DataConfig, split: Split) -> str:
         """The configured name of the "train" or "val" split."""
@@ -111,9 +124,11 @@ def _coco(d: DataConfig, name: str, *, cues=None, saliency=None):
 
 
 DATASETS: dict[str, Dataset] = {
-    "voc": Dataset("voc", tuple(VOC_CLASSES), _voc, _voc_images, VOC_TEST_LAYOUT, VOC_HINT),
+    "voc": Dataset("voc", tuple(VOC_CLASSES), _voc, _voc_images, VOC_TEST_LAYOUT, VOC_HINT,
+                   train_split="train_aug", val_split="val"),
     "coco": Dataset("coco", tuple(COCO_CLASSES), _coco,
-                    lambda d, name: _coco(d, name), (), COCO_HINT),
+                    lambda d, name: _coco(d, name), (), COCO_HINT,
+                    train_split="train2014", val_split="val2014"),
     "digits": Dataset("digits", tuple(DIGIT_CLASSES), _digits,
                       lambda d, name: _digits(d, name), (), "", lambda d: d.image_size),
 }

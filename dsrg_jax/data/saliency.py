@@ -6,8 +6,15 @@ import pathlib
 import numpy as np
 from PIL import Image
 
-from dsrg_jax.data.files import PathLike
+from dsrg_jax.data.files import PathLike, decode_file
 from dsrg_jax.data.records import DatasetError
+
+
+def _grey_levels(im: Image.Image) -> np.ndarray:
+    """A grey PIL image as float32[H, W]: value / 65535 for 16-bit modes, else luma / 255."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        return np.asarray(im, dtype=np.float32) / 65535.0
+    return np.asarray(im.convert("L"), dtype=np.float32) / 255.0
 
 
 class SaliencyDir:
@@ -37,16 +44,7 @@ class SaliencyDir:
         path = self.path(image_id)
         if not path.is_file():
             raise DatasetError(f"{path}: saliency map not found for image {image_id!r}")
-        try:
-            with Image.open(path) as im:
-                im.load()
-                if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                    arr = np.asarray(im, dtype=np.float32) / 65535.0
-                else:
-                    arr = np.asarray(im.convert("L"), dtype=np.float32) / 255.0
-        except Exception as e:
-            raise DatasetError(
-                f"{path}: cannot decode saliency map ({type(e).__name__}: {e})") from e
+        arr = decode_file(path, "saliency map", _grey_levels)
         if shape is not None and arr.shape != tuple(shape):
             raise DatasetError(
                 f"{path}: saliency map is {arr.shape[0]}x{arr.shape[1]} (HxW), "

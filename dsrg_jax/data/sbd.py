@@ -16,6 +16,7 @@ import shutil
 import numpy as np
 import scipy.io
 
+from dsrg_jax import cli
 from dsrg_jax.data.files import (
     PathLike,
     find_folder,
@@ -98,11 +99,14 @@ def build_voc_aug(voc_root: PathLike, sbd_root: PathLike) -> list[str]:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    """`python -m dsrg_jax.data.sbd --voc DIR --sbd DIR`; a missing or bad file -> one line."""
+    p = argparse.ArgumentParser(prog="python -m dsrg_jax.data.sbd", description=__doc__,
+                                formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--voc", required=True, help="VOCdevkit/VOC2012 folder")
     p.add_argument("--sbd", required=True, help="SBD benchmark_RELEASE folder")
+    cli.add_debug_flag(p)
     a = p.parse_args(argv)
-    ids = build_voc_aug(a.voc, a.sbd)
+    ids = cli.run(lambda: build_voc_aug(a.voc, a.sbd), debug=a.debug)
     print("wrote SegmentationClassAug and ImageSets/SegmentationAug/train_aug.txt "
           f"({len(ids)} ids)")
 

@@ -361,10 +361,14 @@ def quality_against_masks(cue_set: CueSet, masks_dir: PathLike) -> dict[str, flo
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """`convert SRC ...` (any source), else the official-pickle usage of `cues.main`."""
+    """`convert SRC ...` (any source), else the official-pickle usage of `cues.main`; a bad
+    cue file or flag value -> one line on stderr, exit status 1 (`--debug`: the traceback)."""
+    from dsrg_jax import cli
+
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] != "convert":
-        cue_files.main(argv)
+        official = cue_files.parse_args(argv)
+        cli.run(lambda: cue_files.convert_official(official), debug=official.debug)
         return
     parser = argparse.ArgumentParser(
         prog="python -m dsrg_jax.data.cues convert",
@@ -388,7 +392,13 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="CAMs: background threshold (default: seed_cues_from_cams')")
     parser.add_argument("--cam-key", default=None, help=f"CAM dict entry (default: first of "
                                                         f"{', '.join(CAM_KEYS)})")
+    cli.add_debug_flag(parser)
     args = parser.parse_args(argv[1:])
+    cli.run(lambda: _convert(args), debug=args.debug)
+
+
+def _convert(args: argparse.Namespace) -> None:
+    """The `convert` command of `main`, from its parsed flags."""
     ids = read_id_list(args.ids) if args.ids else None
     cue_set = load_any_cues(
         args.src, ids, args.grid, args.num_classes, input_list=args.input_list,

@@ -14,15 +14,9 @@ import pathlib
 
 import numpy as np
 
+from dsrg_jax.data import records
 from dsrg_jax.data.coco import COCO_CLASSES
-from dsrg_jax.data.records import (
-    CueSource,
-    DatasetError,
-    Problem,
-    Record,
-    check_by_loading,
-    lookup_cues,
-)
+from dsrg_jax.data.records import DatasetError, Record
 from dsrg_jax.data.saliency import SaliencyDir
 from dsrg_jax.data.voc import VOC_CLASSES
 
@@ -67,7 +61,7 @@ class TfdsSource:
         data_dir: str | None = None,
         max_examples: int | None = None,
         saliency: SaliencyDir | None = None,
-        cues: CueSource = None,
+        cues: records.CueSource = None,
     ):
         family = name.split("/")[0]
         if family not in _KNOWN:
@@ -124,7 +118,7 @@ class TfdsSource:
         image = self._images[index]
         sal = None if self.saliency is None else self.saliency.load(image_id, image.shape[:2])
         return Record(image_id, image, self._labels[index].copy(),
-                      cues=lookup_cues(self.cues, image_id), saliency=sal)
+                      cues=records.lookup_cues(self.cues, image_id), saliency=sal)
 
-    def check_item(self, index: int) -> list[Problem]:
-        return check_by_loading(self, index)
+    def check_item(self, index: int) -> list[records.Problem]:
+        return records.check_by_loading(self, index)

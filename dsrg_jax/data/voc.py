@@ -18,17 +18,9 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from dsrg_jax.data import safe_pickle
+from dsrg_jax.data import records, safe_pickle
 from dsrg_jax.data.files import PathLike, find_folder, read_id_list, read_image, read_label_png
-from dsrg_jax.data.records import (
-    CueSource,
-    DatasetError,
-    Problem,
-    Record,
-    check_by_loading,
-    labels_from_mask,
-    lookup_cues,
-)
+from dsrg_jax.data.records import DatasetError, Record, labels_from_mask
 from dsrg_jax.data.saliency import SaliencyDir
 
 VOC_CLASSES = (
@@ -204,7 +196,7 @@ class VOCSource:
         masks: str | None = "auto",
         labels: str | PathLike | Mapping[str, np.ndarray] = "mask",
         saliency: SaliencyDir | PathLike | None = None,
-        cues: CueSource = None,
+        cues: records.CueSource = None,
         image_ext: str = ".jpg",
         class_names: Sequence[str] = VOC_CLASSES,
     ):
@@ -300,9 +292,9 @@ class VOCSource:
                 )
         labels = self._image_labels(image_id, mask)
         sal = None if self.saliency is None else self.saliency.load(image_id, image.shape[:2])
-        cues = lookup_cues(self.cues, image_id)
+        cues = records.lookup_cues(self.cues, image_id)
         return Record(image_id, image, labels, mask=mask, cues=cues, saliency=sal)
 
-    def check_item(self, index: int) -> list[Problem]:
+    def check_item(self, index: int) -> list[records.Problem]:
         """The problem with item `index` ([] if none); reads (fully decodes) all its files."""
-        return check_by_loading(self, index)
+        return records.check_by_loading(self, index)

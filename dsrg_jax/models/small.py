@@ -44,6 +44,15 @@ class SmallTrunk(nn.Module):
         return x
 
 
+def _trunk(net: nn.Module, images: jnp.ndarray) -> jnp.ndarray:
+    """`net`'s "backbone": a `SmallTrunk` with its widths, convs_per_block, group_norm and dtype.
+
+    Call from inside `net`'s compact `__call__`. images: float[B, H, W, 3] -> float[B, h, w, C].
+    """
+    return SmallTrunk(net.widths, net.convs_per_block, net.group_norm, net.dtype,
+                      name="backbone")(images)
+
+
 class SmallCAM(nn.Module):
     """CAM classifier: trunk, conv6/conv7 (3x3, `head_width`, ReLU), GAP, linear classifier.
 
@@ -63,8 +72,7 @@ class SmallCAM(nn.Module):
     @nn.compact
     def __call__(self, images: jnp.ndarray, *, train: bool = False):
         del train
-        x = SmallTrunk(self.widths, self.convs_per_block, self.group_norm, self.dtype,
-                       name="backbone")(images)
+        x = _trunk(self, images)
         d = self.head_dilation
         for name in ("conv6", "conv7"):
             x = nn.Conv(self.head_width, (3, 3), padding=((d, d), (d, d)), kernel_dilation=(d, d),
@@ -98,8 +106,7 @@ class SmallClassifier(nn.Module):
     @nn.compact
     def __call__(self, images: jnp.ndarray, *, train: bool = False):
         del train
-        x = SmallTrunk(self.widths, self.convs_per_block, self.group_norm, self.dtype,
-                       name="backbone")(images)
+        x = _trunk(self, images)
         logits = nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(
             jnp.mean(x, axis=(1, 2)))
         return logits.astype(jnp.float32), x.astype(jnp.float32)
@@ -123,8 +130,7 @@ class SmallDeepLab(nn.Module):
 
     @nn.compact
     def __call__(self, images: jnp.ndarray, *, train: bool = False) -> jnp.ndarray:
-        x = SmallTrunk(self.widths, self.convs_per_block, self.group_norm, self.dtype,
-                       name="backbone")(images)
+        x = _trunk(self, images)
         total = 0.0
         for i, d in enumerate(self.dilations, start=1):
             y = nn.Conv(self.head_width, (3, 3), padding=((d, d), (d, d)), kernel_dilation=(d, d),

@@ -1,4 +1,7 @@
-"""Runs the stages of a config over a workdir, in order; finished stages are skipped."""
+"""Runs the stages of a config over a workdir, in order; finished stages are skipped.
+
+With several processes every decision is process 0's, shared: the workdir lock, which stages
+are done, and a stop on SIGTERM / Ctrl-C to any process (all stop with `Preempted`)."""
 from __future__ import annotations
 
 import time
@@ -18,6 +21,7 @@ from dsrg_jax.pipeline.stages import STAGE_TABLE, STAGES, stage_runs, stage_trai
 from dsrg_jax.pipeline.workdir import Experiment
 from dsrg_jax.train.lock import WorkdirLock
 from dsrg_jax.train.logging import log
+from dsrg_jax.train.loop import Preempted, Signals, agreed_stop
 
 RUNNERS = {"pretrain": run_pretrain, "cues": run_cues, "dsrg": run_dsrg, "pseudo": run_pseudo,
            "retrain": run_retrain, "eval": run_eval}
@@ -25,18 +29,33 @@ RUNNERS = {"pretrain": run_pretrain, "cues": run_cues, "dsrg": run_dsrg, "pseudo
 
 def run_stage(exp: Experiment, stage: str) -> dict:
     """Runs one stage unless it is done (its info is then returned as it was written), and
-    marks it done with its info and wall time."""
+    marks it done with its info and wall time. Every process calls it: done or not is process
+    0's reading; a signal some process got before or during the stage stops all of them with
+    `Preempted` naming the stage (it is not marked done)."""
     if (info := exp.done(stage)) is not None:
         log(f"[{stage}] done already; skipping")
         return info
     t0 = time.perf_counter()
-    info = RUNNERS[stage](exp)
+    info = _named(stage, RUNNERS[stage], exp)
     seconds = round(time.perf_counter() - t0, 1)
     if "seconds" not in info:      # (results.json has its own table of every stage's time)
         info = {**info, "seconds": seconds}
     exp.mark_done(stage, info)
     log(f"[{stage}] finished in {seconds:.1f} s")
     return info
+
+
+def _named(stage: str, fn, *args, **kwargs):
+    """`fn(*args, **kwargs)` unless a process got a signal before it; a `Preempted` from an
+    inference pass, which does not know its stage, is raised again naming `stage`."""
+    if signum := agreed_stop():
+        raise Preempted(signum, stage)
+    try:
+        return fn(*args, **kwargs)
+    except Preempted as e:
+        if e.stage is not None:
+            raise
+        raise Preempted(e.signum, stage) from None
 
 
 def check_training_batches(cfg: Config, stages, num_devices: int, process_count: int) -> None:
@@ -58,8 +77,9 @@ def run(cfg: Config, workdir, *, stages=STAGES, num_devices: int | None = None,
     """Runs the given stages in order (each skipped when done); returns results.json's dict
     (or the last stage's info). With `predict` (a split name): then `predict_split` of that
     split with the final net, its info under the key "predict". One run per workdir: a second
-    one is refused while this one holds the workdir's lock (`LockHeld`)."""
-    with WorkdirLock(workdir):
+    one is refused while this one holds the workdir's lock (`LockHeld`, on every process).
+    SIGTERM / Ctrl-C to any process: `Preempted` on all of them."""
+    with WorkdirLock(workdir), Signals():
         return _run_locked(cfg, workdir, stages=stages, num_devices=num_devices,
                            predict=predict)
 
@@ -79,7 +99,7 @@ def _run_locked(cfg: Config, workdir, *, stages, num_devices, predict) -> dict:
             if stage_runs(cfg, stage):
                 out = run_stage(exp, stage)
         if predict is not None:
-            out = {**out, "predict": predict_split(exp, split_name=predict)}
+            out = {**out, "predict": _named("predict", predict_split, exp, split_name=predict)}
     finally:
         exp.writer.close()
     return out

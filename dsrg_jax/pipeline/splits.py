@@ -3,7 +3,7 @@
 Every inference loop of the pipeline has one shape: `for hb, gb in iterate(...)`, with `hb` this
 host's numpy batch ("valid" False on padding rows, "index" into `source.ids`) and `gb` the global
 batch; per-image results go to an `Evaluator` or a file, and sums are taken across hosts at the
-end.
+end. A SIGTERM / Ctrl-C to any host stops every host's pass at the same batch (`Preempted`).
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from dsrg_jax.config import ConfigError
 from dsrg_jax.data.pipeline import Pipeline
 from dsrg_jax.pipeline.workdir import Experiment
 from dsrg_jax.sharding import global_batch, sum_over_processes
+from dsrg_jax.train.loop import Preempted, Signals, agreed_stop
 
 
 def inference_batch(batch: int, num_devices: int, process_count: int | None = None) -> int:
@@ -36,14 +37,20 @@ def iterate(exp: Experiment, source: Any, transform: Callable,
             batch: int | None) -> Iterator[tuple[dict, dict]]:
     """(host batch numpy, global batch) over a split once, each host its share; `batch` is
     rounded up to a multiple of the device count (`inference_batch`). batch None: one image per
-    host at a time (images of different sizes; the device rows are padding)."""
+    host at a time (images of different sizes; the device rows are padding).
+
+    Raises `Preempted` (stage None) on every process, before the next batch, once any process
+    got SIGTERM / SIGINT (all processes agree on it at each batch)."""
     rows = jax.process_count() if batch is None else inference_batch(batch, exp.mesh.size)
     pipe = Pipeline(source, global_batch=rows,
                     transform=transform, seed=exp.cfg.run.seed, shuffle=False, num_epochs=1,
                     drop_remainder=False, num_workers=exp.cfg.data.num_workers)
     try:
-        for b in pipe:
-            yield b, global_batch(b, exp.mesh)
+        with Signals():
+            for b in pipe:
+                if signum := agreed_stop():
+                    raise Preempted(signum, None)
+                yield b, global_batch(b, exp.mesh)
     finally:
         pipe.close()
 

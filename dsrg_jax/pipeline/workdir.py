@@ -2,6 +2,7 @@
 
     WORKDIR/config.json          the resolved config; a rerun must pass the same one
     WORKDIR/<stage>/done.json    written when a stage finishes (its info); a rerun skips it
+                                 (process 0 reads it and tells the others)
     WORKDIR/<stage>/checkpoints  orbax checkpoints of the training stages (resume)
     WORKDIR/metrics.jsonl, tensorboard/   metrics of every stage (process 0)
 """
@@ -20,7 +21,9 @@ import numpy as np
 from dsrg_jax.config import Config, ConfigError, flatten
 from dsrg_jax.data.registry import Dataset, get_dataset
 from dsrg_jax.sharding import (
+    broadcast_bytes_from_process0,
     broadcast_from_process0,
+    gather_bytes_over_processes,
     gather_over_processes,
     make_mesh,
     sync_processes,
@@ -67,9 +70,16 @@ class Experiment:
         return self.workdir.joinpath(*parts)
 
     def done(self, stage: str) -> dict | None:
-        """The info a finished stage wrote, or None when it has not finished."""
-        p = self.path(stage, "done.json")
-        return json.loads(p.read_text()) if p.is_file() else None
+        """The info a finished stage wrote, or None when it has not finished: process 0's
+        reading, the same on every process (call it on all of them: with several processes it
+        is a collective), so a stale view of a shared filesystem on one host cannot make the
+        hosts disagree on what to run."""
+        text = b""
+        if jax.process_index() == 0:
+            p = self.path(stage, "done.json")
+            text = p.read_bytes() if p.is_file() else b""
+        text = broadcast_bytes_from_process0(text)
+        return json.loads(text) if text else None
 
     def mark_done(self, stage: str, info: dict) -> None:
         """Writes `<stage>/done.json` (process 0), then waits for every process."""
@@ -79,17 +89,21 @@ class Experiment:
 
 
 def check_processes_agree(cfg: Config, workdir: pathlib.Path) -> None:
-    """With several processes: ConfigError unless every process runs the same config and sees
-    the same workdir (a folder all hosts share: process 0 writes a token, every process must
-    read it back)."""
+    """With several processes: ConfigError unless every process runs the same config (the
+    message names each differing field and its two values) and sees the same workdir (a folder
+    all hosts share: process 0 writes a token, every process must read it back)."""
     if jax.process_count() == 1:
         return
     digest = np.frombuffer(hashlib.sha256(cfg.to_json().encode()).digest(), np.uint8)
     digests = gather_over_processes(digest[None])
     differ = [i for i in range(len(digests)) if not np.array_equal(digests[i], digests[0])]
     if differ:
-        raise ConfigError(f"processes {differ} run another config than process 0: pass the same "
-                          f"flags to every process")
+        configs = [json.loads(c) for c in gather_bytes_over_processes(cfg.to_json().encode())]
+        lines = [f"process {i}'s config differs from process 0's in "
+                 f"{'; '.join(config_differences(configs[0], configs[i], skip=()))}"
+                 for i in differ]
+        raise ConfigError(f"{' / '.join(lines)} (fields: process 0's value -> the other's): pass "
+                          f"the same flags to every process")
     token = broadcast_from_process0(np.frombuffer(os.urandom(16), np.uint8))
     path = workdir / ".processes" / "token"
     if is_writer():
@@ -99,9 +113,11 @@ def check_processes_agree(cfg: Config, workdir: pathlib.Path) -> None:
     seen = path.read_bytes() if path.is_file() else b""
     ok = gather_over_processes(np.asarray([seen == token.tobytes()]))
     if not ok.all():
-        missing = [i for i in range(len(ok)) if not ok[i]]
-        raise ConfigError(f"processes {missing} do not see process 0's workdir {workdir}: the "
-                          f"workdir must be a folder every host shares (e.g. NFS or GCS fuse)")
+        paths = [w.decode() for w in gather_bytes_over_processes(str(workdir).encode())]
+        missing = [f"process {i} (workdir {paths[i]})" for i in range(len(ok)) if not ok[i]]
+        raise ConfigError(f"{', '.join(missing)} does not see process 0's workdir {paths[0]}: "
+                          f"the workdir must be a folder every host shares (e.g. NFS or GCS "
+                          f"fuse)")
 
 
 def write_json_atomic(path: pathlib.Path, value: Any) -> None:
@@ -112,16 +128,18 @@ def write_json_atomic(path: pathlib.Path, value: Any) -> None:
     tmp.replace(path)
 
 
-def config_differences(old: dict, new: Config) -> list[str]:
-    """'field: old -> new' for each field of `new` that differs from the saved config `old`
-    (a dict read from config.json), the `RESUMABLE_FIELDS` left out. A field the saved config
-    lacks (written by an older version) counts as its default value."""
-    new_flat = flatten(json.loads(new.to_json()))
+def config_differences(old: dict, new: Config | dict, *,
+                       skip: tuple[str, ...] = RESUMABLE_FIELDS) -> list[str]:
+    """'field: old -> new' for each field of `new` (a Config, or a dict of one) that differs
+    from the saved config `old` (a dict read from config.json), the fields in `skip` left out.
+    A field the saved config lacks (written by an older version) counts as its default
+    value."""
+    new_flat = flatten(new if isinstance(new, dict) else json.loads(new.to_json()))
     old_flat = flatten(old)
     default = flatten(json.loads(Config().to_json()))
     out = []
     for key, value in new_flat.items():
-        if key in RESUMABLE_FIELDS:
+        if key in skip:
             continue
         before = old_flat.get(key, default.get(key))
         if before != value:

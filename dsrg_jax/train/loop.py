@@ -5,7 +5,8 @@
     come back from the last checkpoint, plus whatever the stage's `hook` keeps;
   - SIGTERM (preemption) or Ctrl-C to any process: the current step finishes, every process
     saves the checkpoint together, and `Preempted` is raised (the CLIs exit with 128 + signal
-    number);
+    number); the inference passes (`pipeline.splits.iterate`) stop the same way after their
+    current batch, without a checkpoint (a rerun redoes that stage);
   - a non-finite loss raises `TrainingDiverged` without saving: the last good checkpoint stays.
 """
 from __future__ import annotations
@@ -19,19 +20,31 @@ from typing import Any, Protocol
 import jax
 import numpy as np
 
-from dsrg_jax.sharding import any_process, global_batch
+from dsrg_jax.sharding import gather_over_processes, global_batch
 from dsrg_jax.train.checkpoint import Checkpoints
 from dsrg_jax.train.logging import MetricsWriter, log, progress
 
 
 class Preempted(Exception):
-    """The run was stopped by a signal after saving a checkpoint; rerun to resume."""
+    """The run was stopped by a signal on some process; rerun to resume.
 
-    def __init__(self, signum: int, stage: str, step: int, directory: str):
-        self.signum = signum
-        super().__init__(
-            f"{signal.Signals(signum).name}: saved stage {stage!r} at step {step} in {directory}; "
-            f"rerun the same command to resume")
+    With `step` and `directory`: a training stage saved its checkpoint there. Without: an
+    inference pass (or a stage not yet started) stopped with nothing saved; `stage` None when
+    the pass does not know its stage (the runner then raises it again with the stage's name).
+    """
+
+    def __init__(self, signum: int, stage: str | None, step: int | None = None,
+                 directory: str | None = None):
+        self.signum, self.stage, self.step, self.directory = signum, stage, step, directory
+        name = signal.Signals(signum).name
+        if step is not None:
+            msg = (f"{name}: saved stage {stage!r} at step {step} in {directory}; rerun the same "
+                   f"command to resume")
+        else:
+            what = "a pass over a split" if stage is None else f"stage {stage!r}"
+            msg = (f"{name}: stopped {what} before it finished; rerun the same command to go on "
+                   f"(finished stages and saved checkpoints are kept)")
+        super().__init__(msg)
 
 
 class TrainingDiverged(RuntimeError):
@@ -48,30 +61,56 @@ class Hook(Protocol):
     def restore(self, state: dict) -> None: ...
 
 
-class _Signals:
-    """Turns SIGTERM / SIGINT into a flag while installed (a second Ctrl-C interrupts at once)."""
+class Signals:
+    """Turns SIGTERM / SIGINT into a flag while installed (a second Ctrl-C interrupts at once).
 
-    def __init__(self):
-        self.received: int | None = None
-        self._old = {}
+    Nested uses share one flag (the outermost installs the handlers and restores the old ones):
+    the runner holds one over a whole run, the training loop and `iterate` each their own, so a
+    signal between two loops is seen by the next one.
+    """
 
-    def _handle(self, signum, frame):
-        if self.received is not None and signum == signal.SIGINT:
+    _depth = 0
+    _received: int | None = None
+    _old: dict = {}
+
+    @property
+    def received(self) -> int | None:
+        """The signal this process got while installed (None: none)."""
+        return Signals._received
+
+    @staticmethod
+    def _handle(signum, frame):
+        if Signals._received is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        self.received = signum
-        log(f"received {signal.Signals(signum).name}: finishing this step, then saving")
+        Signals._received = signum
+        log(f"received {signal.Signals(signum).name}: finishing this step or batch, then "
+            f"stopping every process")
 
-    def __enter__(self):
-        for s in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self._old[s] = signal.signal(s, self._handle)
-            except ValueError:  # not the main thread: no handlers
-                pass
+    def __enter__(self) -> Signals:
+        if Signals._depth == 0:
+            Signals._received, Signals._old = None, {}
+            for s in (signal.SIGTERM, signal.SIGINT):
+                try:
+                    Signals._old[s] = signal.signal(s, Signals._handle)
+                except ValueError:  # not the main thread: no handlers
+                    pass
+        Signals._depth += 1
         return self
 
-    def __exit__(self, *exc):
-        for s, h in self._old.items():
-            signal.signal(s, h)
+    def __exit__(self, *exc) -> None:
+        Signals._depth -= 1
+        if Signals._depth == 0:
+            for s, h in Signals._old.items():
+                signal.signal(s, h)
+            Signals._old, Signals._received = {}, None
+
+
+def agreed_stop() -> int:
+    """The signal number some process received while `Signals` is installed (0: none, or not
+    installed), the same on every process. A collective with several processes: every
+    process calls it at the same point of the same loop."""
+    got = np.asarray([Signals._received or 0], np.int32)
+    return int(gather_over_processes(got).max()) if jax.process_count() > 1 else int(got[0])
 
 
 def train_loop(
@@ -132,7 +171,7 @@ def train_loop(
     t0, n0 = time.perf_counter(), start
     bar = progress(max_steps, start, stage)
     try:
-        with _Signals() as signals:
+        with Signals():
             for step in range(start, max_steps):
                 batch_np = next(pipe)
                 batch = global_batch(batch_np, mesh)
@@ -161,12 +200,11 @@ def train_loop(
                     writer.scalars(stage, done, {**scalars, "steps_per_s": rate})
                     bar.set_postfix(loss=f"{loss:.4f}")
                 # A signal to any process stops all of them after the same step.
-                stop = any_process(signals.received is not None)
+                stop = agreed_stop()
                 if done % checkpoint_every == 0 or done == max_steps or stop:
                     save(done)
                 if stop:
-                    raise Preempted(signals.received or signal.SIGTERM, stage, done,
-                                    str(checkpoints.directory))
+                    raise Preempted(stop, stage, done, str(checkpoints.directory))
     finally:
         bar.close()
         pipe.close()
