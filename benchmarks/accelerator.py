@@ -95,8 +95,9 @@ def has_pydensecrf() -> bool:
 
 def synthetic_scene(rng: np.random.Generator, hw: tuple[int, int],
                     num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """A photo-like image uint8[H, W, 3] with 1-3 object classes (1-2 textured ellipses each) on
-    a smooth background, and its mask uint8[H, W] (0 = background)."""
+    """A photo-like image uint8[H, W, 3] and its mask uint8[H, W] (0 = background).
+
+    The image shows 1-3 object classes (1-2 textured ellipses each) on a smooth background."""
     h, w = hw
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     yy, xx = yy / h, xx / w
@@ -122,9 +123,11 @@ def synthetic_scene(rng: np.random.Generator, hw: tuple[int, int],
 
 def grid_cues(mask: np.ndarray, grid: tuple[int, int],
               num_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """CAM-like blob cues from a mask: the mask on the grid uint8[h, w] (nearest), cues
-    bool[h, w, C] (the cells of each class's region, background included, at least half (bg:
-    55%) of its largest distance from the region's border) and image labels bool[C]."""
+    """CAM-like blob cues from a mask: grid mask uint8[h, w], cues bool[h, w, C], labels bool[C].
+
+    The grid mask is the mask on the grid (nearest). The cues of each class (background included)
+    are the cells of its region at least half (bg: 55%) of the region's largest distance from its
+    border; the labels are the image labels."""
     rows = ((np.arange(grid[0]) + 0.5) * mask.shape[0] / grid[0]).astype(int)
     cols = ((np.arange(grid[1]) + 0.5) * mask.shape[1] / grid[1]).astype(int)
     g = mask[rows][:, cols]
@@ -140,8 +143,10 @@ def grid_cues(mask: np.ndarray, grid: tuple[int, int],
 
 def synthetic_batch(n: int, size: int, grid: tuple[int, int], num_classes: int,
                     seed: int = 0) -> dict[str, np.ndarray]:
-    """A DSRG batch: image uint8[n, size, size, 3], cues bool[n, h, w, C], labels bool[n, C],
-    grid_mask uint8[n, h, w] (the ground truth on the grid), valid bool[n]."""
+    """A DSRG batch: image, cues, labels, grid_mask (the ground truth on the grid) and valid.
+
+    image uint8[n, size, size, 3], cues bool[n, h, w, C], labels bool[n, C], grid_mask
+    uint8[n, h, w], valid bool[n]."""
     rng = np.random.default_rng(seed)
     out: dict[str, list] = {"image": [], "cues": [], "labels": [], "grid_mask": []}
     for _ in range(n):
@@ -155,8 +160,10 @@ def synthetic_batch(n: int, size: int, grid: tuple[int, int], num_classes: int,
 
 
 def confident_probs(grid_mask: np.ndarray, num_classes: int, seed: int = 0) -> np.ndarray:
-    """float32[B, h, w, C] smooth, partly right probability maps (a net in training): softmax of
-    2.5 x one-hot(mask) + blurred noise; after the CRF, growth covers ~70% of the grid."""
+    """float32[B, h, w, C] smooth, partly right probability maps (a net in training).
+
+    Softmax of 2.5 x one-hot(mask) + blurred noise; after the CRF, growth covers ~70% of the
+    grid."""
     rng = np.random.default_rng(seed)
     noise = ndimage.gaussian_filter(rng.normal(size=(*grid_mask.shape, num_classes)),
                                     (0, 1, 1, 0)) * 6.0
@@ -181,8 +188,10 @@ class Setting:
 
 
 def build_setting(name: str, tiny: bool) -> Setting:
-    """`name` in VOC_MODELS (VOC: batch 20, 321x321, 21 classes, Caffe input) or "small" (the
-    digits config's net, 65x65, 11 classes, batch 4); the lattice CRF either way."""
+    """The `Setting` of `name`: one of VOC_MODELS or "small"; the lattice CRF either way.
+
+    A VOC_MODELS net: VOC, batch 20, 321x321, 21 classes, Caffe input. "small": the digits config's
+    net, 65x65, 11 classes, batch 4."""
     if name == "small":
         cfg = digits_config()
         model = model_for(cfg.model, "seg", cfg.data.num_classes)
@@ -214,8 +223,9 @@ def build_setting(name: str, tiny: bool) -> Setting:
 
 
 def time_calls(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> dict[str, Any]:
-    """Seconds of `fn()` until its outputs are ready: the first call, then the median of
-    `repeats` calls after `warmup` calls (the first included)."""
+    """Seconds of `fn()` until its outputs are ready: the first call, then a median.
+
+    The median is over `repeats` calls after `warmup` calls (the first included)."""
     t0 = time.perf_counter()
     jax.block_until_ready(fn())
     first = time.perf_counter() - t0
@@ -242,8 +252,9 @@ def peak_device_bytes() -> int | str:
 
 
 def time_our_step(s: Setting, repeats: int, dtype: str = "float32") -> dict[str, Any]:
-    """Our DSRG train step on a 1-device mesh: compiled ahead of time, then timed. `dtype`:
-    the nets' compute dtype (`model.dtype`; "bfloat16" keeps float32 parameters, optimiser
+    """Our DSRG train step on a 1-device mesh: compiled ahead of time, then timed.
+
+    `dtype`: the nets' compute dtype (`model.dtype`; "bfloat16" keeps float32 parameters, optimiser
     state, CRF, growth and losses, as `--dtype bfloat16` in training)."""
     mesh = make_mesh(1)
     model = s.model.clone(dtype=jnp.dtype(dtype))
@@ -375,8 +386,10 @@ def resnet_twin(model: Any, variables: Any):
 
 
 def torch_twin(bench, s: Setting):
-    """(module, forward) of the torch twin with the JAX weights: benchmarks/dsrg_step.py's
-    `TorchDeepLab` for the small net and VGG16, `resnet_twin` for ResNet-101."""
+    """(module, forward) of the torch twin with the JAX weights.
+
+    benchmarks/dsrg_step.py's `TorchDeepLab` for the small net and VGG16, `resnet_twin` for
+    ResNet-101."""
     if s.name == "deeplab_resnet101":
         return resnet_twin(s.model, s.variables)
     kind = "digits" if s.name == "small" else "vgg16"
@@ -385,8 +398,9 @@ def torch_twin(bench, s: Setting):
 
 
 def check_twin(s: Setting, module, forward) -> float:
-    """Max |JAX - torch| of the eval-mode logits of one image over max |logits| (JAX at float32
-    matmul precision, torch on the host); raises above 1e-4."""
+    """Max |JAX - torch| of the eval-mode logits of one image over max |logits|; raises above 1e-4.
+
+    JAX runs at float32 matmul precision, torch on the host."""
     import torch
 
     image = s.batch["image"][:1]
@@ -405,9 +419,10 @@ def check_twin(s: Setting, module, forward) -> float:
 
 
 class PeerStep:
-    """The PyTorch ports' DSRG step: network, losses and update on `device`; the CRF
-    (pydensecrf2) and the growth (scipy) on the host, image by image. `__call__` returns the
-    seconds of each phase and of the whole step."""
+    """The PyTorch ports' DSRG step: network, losses and update on `device`; CRF and growth on host.
+
+    The CRF (pydensecrf2) and the growth (scipy) run on the host, image by image. `__call__` returns
+    the seconds of each phase and of the whole step."""
 
     def __init__(self, bench, s: Setting, module, forward, device):
         import torch
@@ -459,8 +474,10 @@ class PeerStep:
 
 
 def time_peer(s: Setting, repeats: int, torch_compile: str) -> list[dict[str, Any]]:
-    """The peer step of one row: eager, then `torch.compile` (torch_compile "on", or "auto"
-    with a CUDA device). One entry per variant; a variant that cannot run has a "skipped"."""
+    """The peer step of one row: eager, then `torch.compile`; one entry per variant.
+
+    `torch.compile` runs with torch_compile "on", or "auto" with a CUDA device. A variant that
+    cannot run has a "skipped"."""
     import torch
 
     from benchmarks import dsrg_step as bench  # the torch twin and losses (imports torch)
@@ -574,8 +591,9 @@ def time_parts(s: Setting, repeats: int, host_repeats: int,
 
 
 def cuda_versions() -> dict[str, Any]:
-    """CUDA-related versions: installed jax-cuda / nvidia runtime packages, and what jaxlib's
-    cuda_versions module reports (empty on a CPU-only install)."""
+    """CUDA-related versions: installed jax-cuda / nvidia runtime packages and jaxlib's report.
+
+    The report is what jaxlib's cuda_versions module says (empty on a CPU-only install)."""
     out: dict[str, Any] = {}
     for dist in importlib.metadata.distributions():
         name = (dist.metadata["Name"] or "").lower()

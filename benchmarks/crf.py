@@ -64,8 +64,9 @@ def _probs(n: int, size: int, classes: int, seed: int = 0) -> np.ndarray:
 
 
 def _training_grid(rgb: np.ndarray, size: int) -> np.ndarray:
-    """uint8[size, size, 3]: a photograph as the training CRF sees it (warp to 321, Caffe BGR
-    input, then the official CRFLayer downsampling)."""
+    """uint8[size, size, 3]: a photograph as the training CRF sees it.
+
+    Warped to 321, Caffe BGR input, then the official CRFLayer downsampling."""
     import cv2
 
     bgr = cv2.resize(rgb[..., :3], (321, 321))[..., ::-1].astype(np.float32)

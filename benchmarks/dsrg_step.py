@@ -1,10 +1,11 @@
 """One full DSRG training step, side by side: our jitted JAX step against the same step in PyTorch.
 
-The step, as the official training step: forward (dropout on) -> P = softmax + 1e-4, renormalised
--> dense CRF of P on the output grid (the official training CRF: unary -P, bilateral w 10, xy
-80/12 px, rgb 13; Gaussian w 3, xy 3/12 px) -> region growing from the original cues -> balanced
-seed loss on the grown cues + constrain loss (official CRF pass-through gradient) -> backward ->
-SGD update (momentum 0.9, weight decay 5e-4, lr multipliers 1/2/10/20).
+The step, as the official training step: forward (dropout on) -> P = softmax + 1e-4, renormalised,
+floored at 1e-4 -> dense CRF of P on the output grid, on the BGR image (`steps.crf_image`; the
+official training CRF: unary -P, bilateral w 10, xy 80/12 px, rgb 13; Gaussian w 3, xy 3/12 px)
+-> region growing from the original cues -> balanced seed loss on the grown cues + constrain loss
+(official CRF pass-through gradient) -> backward -> SGD update (momentum 0.9, weight decay 5e-4,
+lr multipliers 1/2/10/20).
 
 JAX side: `dsrg_jax.train.steps.make_dsrg_train_step`, exactly as `run_dsrg` builds it (mesh of
 all devices, `caffe_sgd`, the stage's input convention), on a batch that is already on the device.
@@ -69,7 +70,7 @@ from dsrg_jax.config import DSRGConfig, OptimConfig
 from dsrg_jax.crf_host import dense_crf_host, dense_crf_host_batch
 from dsrg_jax.data.digits import DigitsSource
 from dsrg_jax.models import create_model, model_for
-from dsrg_jax.ops.crf import dense_crf, downsample_image, resolve_kernel
+from dsrg_jax.ops.crf import dense_crf, resolve_kernel
 from dsrg_jax.ops.grow import dsrg_grow
 from dsrg_jax.ops.grow_scipy import dsrg_grow_scipy
 from dsrg_jax.ops.losses import MIN_PROB, probs_from_logits
@@ -317,11 +318,17 @@ def torch_input(images: torch.Tensor, convention) -> torch.Tensor:
 
 
 def torch_downsample(images: torch.Tensor, grid: tuple[int, int]) -> np.ndarray:
-    """The CRF's image: corner-aligned bilinear zoom to the grid, rounded (= `downsample_image`
-    with mean 0, as the JAX step calls it). uint8[B, h, w, 3] numpy."""
+    """The RGB image on the grid: corner-aligned bilinear zoom, rounded (= `downsample_image`
+    with mean 0). uint8[B, h, w, 3] RGB numpy; the CRF gets its channels reversed, as
+    `steps.crf_image` (the mean it subtracts and adds back cancels)."""
     x = F.interpolate(images.permute(0, 3, 1, 2).float(), size=grid, mode="bilinear",
                       align_corners=True)
     return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def torch_floor(probs: torch.Tensor) -> torch.Tensor:
+    """`P < 1e-4 -> 1e-4` forward, gradient of P unchanged (as `steps.caffe_floor`)."""
+    return probs + (probs.clamp_min(MIN_PROB) - probs).detach()
 
 
 def torch_probs(logits_nchw: torch.Tensor) -> torch.Tensor:
@@ -380,11 +387,12 @@ class TorchStep:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         logits = self.net(x)
-        probs = torch_probs(logits)
+        probs = torch_floor(torch_probs(logits))
         small = torch_downsample(self.images, self.s.grid)
+        crf_small = np.ascontiguousarray(small[..., ::-1])  # BGR, as `steps.crf_image`
         p_np = probs.detach().numpy()
         t1 = time.perf_counter()
-        q = self.crf_host(small, p_np)
+        q = self.crf_host(crf_small, p_np)
         t2 = time.perf_counter()
         grown = dsrg_grow_scipy(q, self.cues, self.labels, **self.grow)
         t3 = time.perf_counter()
@@ -395,7 +403,8 @@ class TorchStep:
         t4 = time.perf_counter()
         self.opt.step()
         t5 = time.perf_counter()
-        self.last = {"q": q, "grown": grown, "small": small, "loss": float(loss.detach())}
+        self.last = {"q": q, "grown": grown, "small": small, "crf_small": crf_small,
+                     "loss": float(loss.detach())}
         return {"forward": t1 - t0, "crf": t2 - t1, "grow": t3 - t2, "loss+backward": t4 - t3,
                 "update": t5 - t4, "step": t5 - t0}
 
@@ -456,12 +465,11 @@ def check_forward(s: Setting, net: TorchDeepLab) -> float:
 
 
 def check_step_parts(s: Setting, tstep: TorchStep) -> dict[str, Any]:
-    """After a torch step: its CRF image equals `downsample_image` (to 1 grey level) and its
-    grown cues equal `dsrg_grow` (JAX) on the same CRF output."""
+    """After a torch step: its CRF image equals the JAX step's `steps.crf_image` (BGR, to 1 grey
+    level) and its grown cues equal `dsrg_grow` (JAX) on the same CRF output."""
     last = tstep.last
-    ref_small = np.asarray(downsample_image(jnp.asarray(s.batch["image"], jnp.float32), s.grid,
-                                            mean=(0.0, 0.0, 0.0)))
-    small_diff = int(np.max(np.abs(ref_small.astype(int) - last["small"].astype(int))))
+    ref_small = np.asarray(S.crf_image(jnp.asarray(s.batch["image"]), s.grid))
+    small_diff = int(np.max(np.abs(ref_small.astype(int) - last["crf_small"].astype(int))))
     grow_kw = S.grow_options(s.dsrg)
     grown_jax = np.asarray(dsrg_grow(jnp.asarray(last["q"]), jnp.asarray(s.batch["cues"]),
                                      jnp.asarray(s.batch["labels"]), **grow_kw))
@@ -501,10 +509,8 @@ def profile_jax(s: Setting, n: int) -> dict[str, float]:
     def forward(p):
         x = conv.normalize(image.astype(jnp.float32))
         logits = S.apply_with_dropout(model, {"params": p}, x, key)
-        probs = probs_from_logits(logits)
-        small = downsample_image(image.astype(jnp.float32), probs.shape[1:3],
-                                 mean=(0.0, 0.0, 0.0))
-        return probs, small
+        probs = S.caffe_floor(probs_from_logits(logits))
+        return probs, S.crf_image(image, probs.shape[1:3])
 
     fwd = jax.jit(forward)
     probs, small = fwd(params)

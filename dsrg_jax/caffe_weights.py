@@ -193,7 +193,6 @@ def write_caffemodel(path: PathLike, layers: Mapping[str, Sequence[np.ndarray]],
 CONV_LAYERS: tuple[str, ...] = tuple(name for name, _ in VGG16_CONVS)  # conv1_1 .. conv5_3
 # Classifier names of the official DSRG prototxts ("fc8-SEC_1" .. "fc8-SEC_4").
 DSRG_FC8 = "fc8-SEC"
-_FC8_BRANCH = re.compile(r"^(fc8.*)_(\d+)$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -247,13 +246,6 @@ def _branches(variables: Any) -> list[str]:
     return branches
 
 
-def _fc8_prefixes(layers: Mapping[str, Any], n: int) -> list[str]:
-    """Prefixes P with a layer P_i for every branch i = 1..n, DSRG's name first."""
-    found = {m.group(1) for m in map(_FC8_BRANCH.match, layers) if m}
-    complete = [p for p in found if all(f"{p}_{i}" in layers for i in range(1, n + 1))]
-    return sorted(complete, key=lambda p: (p != DSRG_FC8, p))
-
-
 def _check_layers(path: PathLike, layers: Mapping[str, Sequence[np.ndarray]],
                   targets: Mapping[str, tuple[Any, list[tuple[int, ...]]]],
                   ignorable: set[str]) -> None:
@@ -278,18 +270,19 @@ def load_caffe_deeplab_vgg16(
     """Puts a DSRG / DeepLab-v2 ASPP-L VGG16 `.caffemodel` into DeepLabV2VGG16 `variables`.
 
     conv1_1 .. conv5_3 -> backbone; fc6_{i}, fc7_{i} -> aspp_{i}/fc6, fc7 (a file with one
-    shared fc6/fc7, DeepLab-LargeFOV style, is copied into every branch); fc8-SEC_{i} (or
-    another complete fc8*_{i} set) -> aspp_{i}/classifier. Weights are transposed from Caffe's
-    OIHW to Flax's HWIO.
+    shared fc6/fc7, DeepLab-LargeFOV style, is copied into every branch); fc8-SEC_{i} ->
+    aspp_{i}/classifier. As Caffe copies layers by name, only the official names load: another
+    classifier (fc8, fc8_voc12_{i}, ...) is ignored and named in `info`. Weights are transposed
+    from Caffe's OIHW to Flax's HWIO.
 
     Args:
       variables: `DeepLabV2VGG16(...).init(...)` output; layers the file lacks keep it.
       path: a DSRG snapshot (e.g. `model-s_iter_8000.caffemodel`: every layer loads) or an
         init such as `vgg16_20M_mc.caffemodel` (no classifiers of the model's class count:
         the model's initialised classifiers are kept, and `info` says so).
-      num_classes: None: load the file's classifiers when their class count is the model's,
-        else keep the model's. An int: the file must hold classifiers of that many classes
-        (must be the model's count), or this raises.
+      num_classes: None: load the file's fc8-SEC_{i} when their class count is the model's,
+        else (or without them) keep the model's. An int: the file must hold fc8-SEC_1..n of
+        that many classes (must be the model's count), or this raises.
 
     Returns:
       (new variables, CaffeWeightsInfo with the "caffe" input convention: BGR, 0-255, minus
@@ -321,18 +314,20 @@ def load_caffe_deeplab_vgg16(
     if shared:
         notes.append(f"fc6/fc7: one shared layer in the file, copied into all {n} branches")
     fc8_shapes = _conv_shapes(params[branches[0]]["classifier"]["kernel"])
-    prefixes = _fc8_prefixes(layers, n)
-    fc8 = next((p for p in prefixes if all(_fits_blobs(layers[f"{p}_{i}"], fc8_shapes)
-                                           for i in range(1, n + 1))), None)
-    if fc8 is not None or num_classes is not None:  # required: missing / misshapen raise
-        prefix = fc8 or (prefixes + [DSRG_FC8])[0]
-        targets.update({f"{prefix}_{i}": (("params", b, "classifier"), fc8_shapes)
-                        for i, b in enumerate(branches, start=1)})
+    names8 = [f"{DSRG_FC8}_{i}" for i in range(1, n + 1)]
+    present8 = [name for name in names8 if name in layers]
+    fc8 = len(present8) == n and all(_fits_blobs(layers[name], fc8_shapes) for name in names8)
+    # Required (missing / misshapen raise): asked for, fitting, or only part of the set there.
+    if fc8 or num_classes is not None or 0 < len(present8) < n:
+        targets.update({name: (("params", b, "classifier"), fc8_shapes)
+                        for name, b in zip(names8, branches)})
     else:
-        found = ", ".join(f"{p}_1..{n} ({layers[f'{p}_1'][0].shape[0]} classes)"
-                          for p in prefixes) or "none"
+        others = sorted(name for name in layers if name.startswith("fc8"))
+        found = (f"{DSRG_FC8}_1..{n} of {layers[names8[0]][0].shape[0]} classes" if present8
+                 else f"no {DSRG_FC8}_{{i}}; other classifiers ignored: "
+                      f"{', '.join(others) or 'none'}")
         notes.append(f"classifiers: kept the model's initialisation (N(0, 0.01)): the file has "
-                     f"no {n} fc8*_{{i}} layers of {model_classes} classes (found: {found})")
+                     f"{found}, the model {model_classes} classes")
 
     ignorable = {name for name in layers if name.startswith("fc8")}
     if per_branch:  # a shared fc6/fc7 beside the per-branch ones is not used
@@ -349,7 +344,7 @@ def load_caffe_deeplab_vgg16(
                 for leaf in ("kernel", "bias"):
                     updates[("params", b, fc, leaf)] = updates[("params", branches[0], fc, leaf)]
     loaded = tuple(targets)
-    kept = () if fc8 is not None else tuple(f"{b}/classifier" for b in branches)
+    kept = () if names8[0] in targets else tuple(f"{b}/classifier" for b in branches)
     ignored = tuple(name for name in layers if name not in targets)
     info = CaffeWeightsInfo(str(path), "caffe", get_input_convention("caffe"), loaded=loaded,
                             kept_init=kept, ignored=ignored, notes=tuple(notes))
@@ -360,6 +355,10 @@ def load_caffe_deeplab_vgg16(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """The command line; a missing or unreadable .caffemodel -> one line (`--debug`: the
+    traceback)."""
+    from dsrg_jax import cli
+
     parser = argparse.ArgumentParser(
         prog="python -m dsrg_jax.caffe_weights",
         description="Convert a DSRG / DeepLab-v2 VGG16 .caffemodel into DeepLabV2VGG16 Flax "
@@ -372,14 +371,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0,
                         help="PRNG seed for layers the file lacks (the classifiers of an init)")
     parser.add_argument("--list", action="store_true", help="print the file's layers and exit")
+    cli.add_debug_flag(parser)
     args = parser.parse_args(argv)
+    if not args.list and (not args.out or pathlib.Path(args.out).suffix != ".msgpack"):
+        parser.error("--out: expected an OUT.msgpack path (the .safetensors loader of "
+                     "dsrg_jax.weights takes ImageNet VGG16 state dicts, not a whole DeepLab)")
+    cli.run(lambda: _convert(args), debug=args.debug)
+
+
+def _convert(args) -> None:
+    """`main`'s --list or conversion, from its parsed flags."""
     if args.list:
         for name, blobs in read_caffemodel(args.caffemodel).items():
             print(name, " ".join(str(tuple(b.shape)) for b in blobs))
         return
-    if not args.out or pathlib.Path(args.out).suffix != ".msgpack":
-        parser.error("--out: expected an OUT.msgpack path (the .safetensors loader of "
-                     "dsrg_jax.weights takes ImageNet VGG16 state dicts, not a whole DeepLab)")
     model = create_model("deeplab_vgg16", num_classes=args.num_classes)
     init = model.init(jax.random.key(args.seed), jnp.zeros((1, 65, 65, 3)), train=False)
     variables, info = load_caffe_deeplab_vgg16(init, args.caffemodel)

@@ -1,5 +1,6 @@
-"""How every command line reports an expected failure: one line `error: ...` on stderr and exit
-status 1, no traceback (`--debug`: the traceback first).
+"""How every command line reports an expected failure: one line `error: ...`, exit status 1.
+
+The line goes to stderr, with no traceback (`--debug`: the traceback first).
 
     def main(argv=None):
         args = parser(argv)                 # with cli.add_debug_flag(parser)
@@ -52,8 +53,9 @@ def one_line(error: BaseException | str) -> str:
 
 def fail(error: BaseException | str, *, debug: bool = False, status: int = 1,
          exc: BaseException | None = None) -> NoReturn:
-    """Prints `error: <one line>` on stderr and exits with `status`; `debug`: the traceback of
-    `exc` (default: `error`, if it is an exception) first."""
+    """Prints `error: <one line>` on stderr and exits with `status`.
+
+    `debug`: the traceback of `exc` (default: `error`, if it is an exception) first."""
     exc = exc if exc is not None else (error if isinstance(error, BaseException) else None)
     if debug and exc is not None:
         traceback.print_exception(exc)
@@ -62,8 +64,10 @@ def fail(error: BaseException | str, *, debug: bool = False, status: int = 1,
 
 
 def run(body: Callable[[], T], *, debug: bool = False, status: int = 1) -> T:
-    """`body()`; an expected failure (`expected_errors`) -> `fail` (one line, exit `status`);
-    a signal that stopped the work (`Preempted`) -> its line, exit 128 + the signal."""
+    """`body()`; an expected failure -> one line and exit `status`; a signal -> exit 128 + signal.
+
+    An expected failure (`expected_errors`) -> `fail` (one line, exit `status`); a signal that
+    stopped the work (`Preempted`) -> its line, exit 128 + the signal."""
     try:
         return body()
     except Exception as e:

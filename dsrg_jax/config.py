@@ -17,8 +17,10 @@ from dsrg_jax.ops.crf import TRAIN_CRF, CRFParams
 
 
 class ConfigError(ValueError):
-    """A config that cannot run as given (e.g. a batch the hosts cannot share, or flags that
-    differ from the run a workdir was started with); the message says what to change."""
+    """A config that cannot run as given; the message says what to change.
+
+    E.g. a batch the hosts cannot share, or flags that differ from the run a workdir was started
+    with."""
 
 
 @dataclasses.dataclass
@@ -87,10 +89,11 @@ class OptimConfig:
 
 @dataclasses.dataclass
 class PretrainConfig:
-    """Stage `pretrain`: the digits' stand-in for ImageNet weights. When enabled, the small CAM
-    classifier is first trained on single-digit images (a 10-way task, `GlyphSource`) and its
-    trunk ("backbone") initialises the CAM, DSRG and retrain nets, as the ImageNet VGG16 does on
-    VOC. Real datasets use model.init_weights instead and leave this off."""
+    """Stage `pretrain`: the digits' stand-in for ImageNet weights.
+
+    When enabled, the small CAM classifier is first trained on single-digit images (a 10-way task,
+    `GlyphSource`) and its trunk ("backbone") initialises the CAM, DSRG and retrain nets, as the
+    ImageNet VGG16 does on VOC. Real datasets use model.init_weights instead and leave this off."""
     enabled: bool = False
     image_size: int = 32                   # glyph crops (digits at their size on the canvas)
     num_images: int = 6000
@@ -159,6 +162,9 @@ class EvalConfig:
     flip: bool = False
     batch_size: int = 10
     canvas: int | None = 513               # pad images to this side (None: all the same size)
+    # "standard" (classes present in gt or predictions); the official scripts' own means:
+    # "voc-official" (classes with a true positive), "coco-official" (tp / max(1, union), all).
+    miou_formula: Literal["standard", "voc-official", "coco-official"] = "standard"
 
 
 @dataclasses.dataclass
@@ -199,8 +205,9 @@ class Config:
         return f"config {self.name}: " + (", ".join(changed) or "the defaults")
 
     def validate(self) -> Config:
-        """Raises ConfigError naming the first field with a value outside its allowed set or
-        range (`Literal` choices, positive step counts and batches, thresholds in [0, 1])."""
+        """Raises ConfigError naming the first field with a value outside its allowed set or range.
+
+        Checked: `Literal` choices, positive step counts and batches, thresholds in [0, 1]."""
         _check_choices(self, "")
         for stage in ("pretrain", "cues", "dsrg", "retrain"):
             optim = getattr(self, stage).optim
@@ -273,8 +280,9 @@ def config_from_dict(values: dict) -> Config:
 
 
 def override(config: Config, **dotted: Any) -> Config:
-    """Copy of `config` with dotted-path fields replaced, validated:
-    `override(c, **{"dsrg.optim.max_steps": 5})`."""
+    """Copy of `config` with dotted-path fields replaced, validated.
+
+    E.g. `override(c, **{"dsrg.optim.max_steps": 5})`."""
     values = config.to_dict()
     for path, value in dotted.items():
         node = values

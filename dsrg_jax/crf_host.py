@@ -85,8 +85,9 @@ def shutdown_pools() -> None:
 
 
 def _refuse_nan(fn: str, probs: np.ndarray) -> None:
-    """ValueError naming the images whose probabilities hold NaN or infinity (pydensecrf would
-    spread one such pixel over the whole image)."""
+    """ValueError naming the images whose probabilities hold NaN or infinity.
+
+    pydensecrf would spread one such pixel over the whole image."""
     bad = ~np.isfinite(probs.reshape(probs.shape[0], -1)).all(axis=1)
     if bad.any():
         raise ValueError(f"{fn}: `probs` holds NaN or infinite values in image(s) "

@@ -6,9 +6,11 @@
 Standard protocol: one C x C confusion matrix over the whole split (rows = ground truth,
 columns = prediction), ground-truth pixels 255 ignored, IoU = TP / (TP + FP + FN) per class, mIoU =
 mean over all classes (a class absent from both ground truth and predictions has no IoU and is
-left out, as in `dsrg_jax.mean_iou`). PNGs are read as palette indices (`read_label_png`), never
-as grey levels. Every missing prediction, wrong-size prediction or bad value is named, all of
-them at once, and nothing is scored until they are fixed. Scores are in percent.
+left out, as in `dsrg_jax.mean_iou`; `miou_formula="voc-official"` / `"coco-official"` give the
+official scripts' means, see `dsrg_jax.ops.metrics`). PNGs are read as palette indices
+(`read_label_png`), never as grey levels. Every missing prediction, wrong-size prediction or bad
+value is named, all of them at once, and nothing is scored until they are fixed. Scores are in
+percent.
 """
 from __future__ import annotations
 
@@ -18,7 +20,6 @@ import json
 import math
 import os
 import pathlib
-import sys
 from collections.abc import Sequence
 
 import numpy as np
@@ -26,7 +27,14 @@ import numpy as np
 from dsrg_jax.data.files import read_id_list, read_label_png
 from dsrg_jax.data.records import IGNORE_INDEX, DatasetError
 from dsrg_jax.data.registry import class_names
-from dsrg_jax.ops.metrics import iou_per_class, mean_iou, pixel_accuracy
+from dsrg_jax.ops.metrics import (
+    MIOU_FORMULAS,
+    MiouFormula,
+    check_miou_formula,
+    iou_per_class,
+    mean_iou,
+    pixel_accuracy,
+)
 from dsrg_jax.sharding import sum_over_processes
 
 PathLike = str | os.PathLike
@@ -55,15 +63,18 @@ def confusion_matrix_np(pred: np.ndarray, gt: np.ndarray, num_classes: int, *,
 
 class Evaluator:
     """One confusion matrix over a split, accumulated image by image on each host and summed
-    across hosts at the end: the one way the pipeline scores (mIoU, pixel accuracy, per class).
+    across hosts at the end: the one way everything scores (the pipeline, `evaluate_dirs`).
 
         ev = Evaluator(21)
         for pred, gt in ...: ev.add(pred, gt)
         ev.result()   # {"miou", "pixel_accuracy", "iou_per_class", "num_images"} (fractions)
+
+    `miou_formula`: "standard" (default), "voc-official" or "coco-official" (`mean_iou`).
     """
 
-    def __init__(self, num_classes: int):
+    def __init__(self, num_classes: int, miou_formula: MiouFormula = "standard"):
         self.num_classes = int(num_classes)
+        self.miou_formula = check_miou_formula(miou_formula)
         self.confusion = np.zeros((num_classes, num_classes), np.int64)
         self.num_images = 0
 
@@ -87,7 +98,7 @@ class Evaluator:
         ground truth and predictions) over all processes."""
         confusion, n = self.total()
         iou = iou_per_class(confusion)
-        return {"miou": mean_iou(confusion),
+        return {"miou": mean_iou(confusion, self.miou_formula),
                 "pixel_accuracy": float(np.trace(confusion) / max(confusion.sum(), 1)),
                 "iou_per_class": [None if np.isnan(v) else float(v) for v in iou],
                 "num_images": n}
@@ -139,8 +150,8 @@ class Scores:
 
 
 def scores_from_confusion(confusion: np.ndarray, names: Sequence[str] | None = None,
-                          num_images: int = 0) -> Scores:
-    """Pure: confusion int[C, C] -> `Scores` (percent)."""
+                          num_images: int = 0, miou_formula: MiouFormula = "standard") -> Scores:
+    """Pure: confusion int[C, C] -> `Scores` (percent; mIoU by `miou_formula`, see `mean_iou`)."""
     confusion = np.asarray(confusion, dtype=np.int64)
     c = confusion.shape[0]
     if confusion.shape != (c, c):
@@ -149,7 +160,7 @@ def scores_from_confusion(confusion: np.ndarray, names: Sequence[str] | None = N
     if len(names) != c:
         raise ValueError(f"{len(names)} class names for {c} classes")
     return Scores(confusion=confusion, class_names=names, iou=100.0 * iou_per_class(confusion),
-                  mean_iou=100.0 * mean_iou(confusion),
+                  mean_iou=100.0 * mean_iou(confusion, miou_formula),
                   pixel_accuracy=100.0 * pixel_accuracy(confusion), num_images=int(num_images))
 
 
@@ -164,8 +175,9 @@ def _ids_of(gt_dir: pathlib.Path, id_list: PathLike | None) -> list[str]:
 
 def evaluate_dirs(gt_dir: PathLike, pred_dir: PathLike, *, num_classes: int = 21,
                   id_list: PathLike | None = None,
-                  names: Sequence[str] | None = None) -> Scores:
-    """Scores `pred_dir/{id}.png` against `gt_dir/{id}.png` for every id.
+                  names: Sequence[str] | None = None,
+                  miou_formula: MiouFormula = "standard") -> Scores:
+    """Scores `pred_dir/{id}.png` against `gt_dir/{id}.png` for every id, through `Evaluator`.
 
     Args:
       gt_dir: folder of ground-truth label PNGs (palette, grey or VOC-RGB; 255 = ignore).
@@ -173,6 +185,7 @@ def evaluate_dirs(gt_dir: PathLike, pred_dir: PathLike, *, num_classes: int = 21
       num_classes: C.
       id_list: optional file of ids to score (VOC ImageSets style); default every PNG in gt_dir.
       names: class names (default from `class_names(C)`).
+      miou_formula: "standard", "voc-official" or "coco-official" (see `mean_iou`).
 
     Returns:
       `Scores`. Raises EvaluationError naming every missing prediction, prediction whose size
@@ -183,7 +196,7 @@ def evaluate_dirs(gt_dir: PathLike, pred_dir: PathLike, *, num_classes: int = 21
         if not d.is_dir():
             raise EvaluationError(f"{name} {d}: folder not found")
     ids = _ids_of(gt_dir, id_list)
-    confusion = np.zeros((num_classes, num_classes), np.int64)
+    ev = Evaluator(num_classes, miou_formula)
     problems: list[str] = []
     for image_id in ids:
         gt_path, pred_path = gt_dir / f"{image_id}.png", pred_dir / f"{image_id}.png"
@@ -205,15 +218,21 @@ def evaluate_dirs(gt_dir: PathLike, pred_dir: PathLike, *, num_classes: int = 21
                             f"must be class indices 0..{num_classes - 1}")
             continue
         if not problems:  # after the first problem only checking goes on
-            confusion += confusion_matrix_np(pred, gt, num_classes)
+            ev.add(pred, gt)
     if problems:
         shown = "\n  ".join(problems)
         raise EvaluationError(f"{len(problems)} of {len(ids)} predictions cannot be scored:\n  "
                               f"{shown}")
-    return scores_from_confusion(confusion, names, num_images=len(ids))
+    # This process read every file: its own counts are the split's (no sum over processes).
+    return scores_from_confusion(ev.confusion, names, num_images=ev.num_images,
+                                 miou_formula=miou_formula)
 
 
 def main(argv: Sequence[str] | None = None) -> Scores:
+    """The command line; predictions that cannot be scored -> one line naming every bad file,
+    exit status 2 (`--debug`: the traceback)."""
+    from dsrg_jax import cli
+
     parser = argparse.ArgumentParser(prog="python -m dsrg_jax.evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gt", required=True, type=pathlib.Path,
@@ -226,15 +245,21 @@ def main(argv: Sequence[str] | None = None) -> Scores:
     parser.add_argument("--num-classes", type=int, default=21, help="C (default 21, VOC)")
     parser.add_argument("--json", type=pathlib.Path, default=None,
                         help="also write the scores and the confusion matrix here")
+    parser.add_argument("--miou-formula", default="standard", choices=MIOU_FORMULAS,
+                        help="standard (default: classes present in gt or predictions), "
+                             "voc-official / coco-official (the official scripts' means)")
+    cli.add_debug_flag(parser)
     args = parser.parse_args(argv)
     if args.num_classes < 2 or args.num_classes > 255:
         parser.error("--num-classes must be in 2..255")
-    try:
-        scores = evaluate_dirs(args.gt, args.pred, num_classes=args.num_classes,
-                               id_list=args.id_list)
-    except (EvaluationError, DatasetError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    # Exit status 2: the predictions (or the files around them) cannot be scored.
+    return cli.run(lambda: _score_and_report(args), debug=args.debug, status=2)
+
+
+def _score_and_report(args) -> Scores:
+    """`main`'s scoring, printing and --json output, from its parsed flags."""
+    scores = evaluate_dirs(args.gt, args.pred, num_classes=args.num_classes,
+                           id_list=args.id_list, miou_formula=args.miou_formula)
     print(scores.table())
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)

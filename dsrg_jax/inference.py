@@ -30,8 +30,11 @@ on its own; `multi_scale_logits` / `segment` are its equal-size special case and
 PNGs that `python -m dsrg_jax.evaluate` scores. The CRF's process pool is spawned: a script that
 uses it (crf_processes None or > 1) needs the `if __name__ == "__main__":` guard.
 
-Images are normalised at full size (`normalize`: "caffe", "torchvision" / "imagenet", None for
-float32 input as it is, or a function), then zoomed to round(scale * side) as scipy does.
+Images are zoomed to round(scale * side) as scipy does, then normalised (`normalize`: "caffe",
+"torchvision" / "imagenet", None for float32 input as it is, or a function), as the official
+scripts zoom the raw image and then subtract the mean (scipy's zero last line is black).
+`Segmentation`, `normalize_images` and the small helpers live in `dsrg_jax.inference_parts` and
+are importable from here.
 """
 from __future__ import annotations
 
@@ -45,9 +48,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dsrg_jax.convention import MEAN_RGB_UINT8, get_input_convention
+from dsrg_jax.convention import MEAN_RGB_UINT8
 from dsrg_jax.crf_host import dense_crf_host_batch
 from dsrg_jax.data.files import write_label_png
+from dsrg_jax.inference_parts import (
+    Normalize,
+    Segmentation,
+    flip_region,
+    group_by_size,
+    label_mask,
+    normalize_images,
+    scaled_size,
+)
 from dsrg_jax.ops.crf import TEST_CRF, CRFParams
 from dsrg_jax.ops.resize import zoom_region
 from dsrg_jax.sharding import to_host
@@ -55,52 +67,6 @@ from dsrg_jax.sharding import to_host
 DEFAULT_SCALES: tuple[float, ...] = (0.75, 1.0, 1.25)  # official multi-scale test
 
 ApplyFn = Callable[..., jax.Array]
-Normalize = str | Callable[[jax.Array], jax.Array] | None
-
-
-@dataclasses.dataclass(frozen=True)
-class Segmentation:
-    """Result of `segment` for a batch.
-
-    Attributes:
-      logits: float32[B, H, W, C] summed full-size logits over scales (and flips).
-      probs: float32[B, H, W, C] softmax of `logits` (restricted to labelled classes if asked).
-      labels: uint8[B, H, W] argmax of `probs` (no CRF).
-      probs_crf: float32[B, H, W, C] after the dense CRF, or None without CRF.
-      labels_crf: uint8[B, H, W] argmax after the CRF, or None without CRF.
-    """
-
-    logits: np.ndarray
-    probs: np.ndarray
-    labels: np.ndarray
-    probs_crf: np.ndarray | None = None
-    labels_crf: np.ndarray | None = None
-
-    @property
-    def final(self) -> np.ndarray:
-        """The prediction to write: after the CRF if one ran, else before. uint8[B, H, W]."""
-        return self.labels if self.labels_crf is None else self.labels_crf
-
-
-def normalize_images(images: jax.Array, normalize: Normalize) -> jax.Array:
-    """uint8/float[B, H, W, 3] RGB -> float32 network input: an input convention's name
-    ("caffe", "torchvision" / "imagenet": `dsrg_jax.convention`), None (as float32) or a
-    function."""
-    if callable(normalize):
-        return jnp.asarray(normalize(images), jnp.float32)
-    x = jnp.asarray(images, jnp.float32)
-    if normalize is None:
-        return x
-    try:
-        return get_input_convention(normalize).normalize(x)
-    except ValueError:
-        raise ValueError(f"normalize must be 'caffe', 'torchvision', 'imagenet', None or a "
-                         f"function, got {normalize!r}") from None
-
-
-def scaled_size(size: int, scale: float) -> int:
-    """Side length at `scale`: round(scale * size), at least 1 (as `transforms.rescale`)."""
-    return max(1, round(size * scale))
 
 
 def _call(apply_fn: ApplyFn, variables: Any, x: jax.Array) -> jax.Array:
@@ -123,31 +89,28 @@ def multi_scale_logits(apply_fn: ApplyFn, images: jax.Array | np.ndarray, *,
                          normalize=normalize)
 
 
-def _flip_region(x: jax.Array, width: jax.Array) -> jax.Array:
-    """Per image: columns [:width[b]] of x float[B, H, W, C] mirrored, the rest kept."""
-    cols = jnp.arange(x.shape[2])[None, :]
-    idx = jnp.where(cols < width[:, None], width[:, None] - 1 - cols, cols)
-    return jnp.take_along_axis(x, idx[:, None, :, None], axis=2)
-
-
-@functools.partial(jax.jit, static_argnames=("apply_fn", "scale", "size", "flip", "scipy_edge"))
+@functools.partial(jax.jit, static_argnames=("apply_fn", "scale", "size", "flip", "scipy_edge",
+                                             "normalize"))
 def canvas_scale_logits(apply_fn: ApplyFn, variables: Any, inputs: jax.Array, hw: jax.Array,
                         fill: jax.Array, *, scale: float | None = None, size: int | None = None,
-                        flip: bool = False, scipy_edge: bool = True) -> jax.Array:
+                        flip: bool = False, scipy_edge: bool = True,
+                        normalize: Normalize = None) -> jax.Array:
     """Logits of one scale for images padded at the top left of a canvas (see `canvas_logits`).
 
     Args:
       apply_fn: `apply_fn(x)` (variables None) or `apply_fn(variables, x)`: float32[B, h, w, 3]
         network input -> float[B, h', w', C] logits (any output stride).
       variables: the network's variables, or None.
-      inputs: float32[B, S, S', 3] normalised canvases; hw: int[B, 2] each image's real size.
-      fill: float32[3] the network-input value of the padding (the normalised mean colour).
+      inputs: [B, S, S', 3] RGB 0-255 canvases (not normalised); hw: int[B, 2] real sizes.
+      fill: float32[3] RGB colour of the padding of the scaled canvas (before `normalize`).
       scale: the real image resized to round(scale*h) x round(scale*w) (aspect kept), at the top
         left of a round(scale*S) x round(scale*S') canvas; or
       size: the real image warped to size x size (aspect not kept).
       flip: also run the mirrored image and add its mirrored-back logits.
       scipy_edge: reproduce scipy's zero last line for the size pairs where its zoom gives one
         (`dsrg_jax.ops.resize`; the official scripts had it). False: the edge value.
+      normalize: applied after the zoom (see `normalize_images`), as the official scripts zoom
+        the raw image and then subtract the mean: scipy's zero line is black, not the mean.
 
     Returns:
       float32[B, S, S', C]: each image's logits (the part of the output grid its real region
@@ -164,7 +127,7 @@ def canvas_scale_logits(apply_fn: ApplyFn, variables: Any, inputs: jax.Array, hw
     x = zoom_region(inputs, side, dst, hw, scipy_edge=scipy_edge)
     inside = ((jnp.arange(side[0])[None, :, None] < dst[:, 0, None, None])
               & (jnp.arange(side[1])[None, None, :] < dst[:, 1, None, None]))
-    x = jnp.where(inside[..., None], x, fill)
+    x = normalize_images(jnp.where(inside[..., None], x, fill), normalize)
     canvas_side = jnp.asarray(side, jnp.int32)
 
     def logits_of(xin):
@@ -181,7 +144,7 @@ def canvas_scale_logits(apply_fn: ApplyFn, variables: Any, inputs: jax.Array, hw
 
     logits = logits_of(x)
     if flip:
-        logits = logits + _flip_region(logits_of(_flip_region(x, dst[:, 1])), hw[:, 1])
+        logits = logits + flip_region(logits_of(flip_region(x, dst[:, 1])), hw[:, 1])
     return logits
 
 
@@ -208,7 +171,9 @@ def canvas_logits(apply_fn: ApplyFn, images: jax.Array | np.ndarray, hw: jax.Arr
       sizes: sides the image is warped to, aspect not kept (the official pseudo-label protocol:
         241, 321, 401); exactly one of scales / sizes (sizes wins when given).
       flip: add the mirrored image's logits at every scale.
-      normalize: RGB -> network input (see `normalize_images`).
+      normalize: RGB -> network input (see `normalize_images`), applied to each zoomed image
+        (a function runs under jit: jax.numpy, hashable, equal on every call, e.g. an
+        `InputConvention.normalize`).
       fill: RGB colour of the padding of the scaled canvases (normalised like the images).
       scipy_edge: see `canvas_scale_logits`.
 
@@ -228,28 +193,13 @@ def canvas_logits(apply_fn: ApplyFn, images: jax.Array | np.ndarray, hw: jax.Arr
     for st in steps:
         if not next(iter(st.values())) > 0:
             raise ValueError(f"scales / sizes must be > 0, got {st}")
-    inputs = normalize_images(images, normalize)
-    fill_in = normalize_images(jnp.asarray(fill, jnp.float32).reshape(1, 1, 1, 3),
-                               normalize).reshape(3)
+    fill = jnp.asarray(fill, jnp.float32).reshape(3)
     total = None
     for st in steps:
-        logits = canvas_scale_logits(apply_fn, variables, inputs, hw, fill_in, flip=bool(flip),
-                                     scipy_edge=bool(scipy_edge), **st)
+        logits = canvas_scale_logits(apply_fn, variables, images, hw, fill, flip=bool(flip),
+                                     scipy_edge=bool(scipy_edge), normalize=normalize, **st)
         total = logits if total is None else total + logits
     return total
-
-
-def label_mask(image_labels: np.ndarray | None, num_classes: int, batch: int) -> np.ndarray | None:
-    """bool[B, C] of allowed classes (background always allowed), or None for all classes."""
-    if image_labels is None:
-        return None
-    allowed = np.asarray(image_labels, bool)
-    if allowed.shape != (batch, num_classes):
-        raise ValueError(f"image_labels must be bool[{batch}, {num_classes}], got "
-                         f"{allowed.shape}")
-    allowed = allowed.copy()
-    allowed[:, 0] = True
-    return allowed
 
 
 def segment(apply_fn: ApplyFn, images: np.ndarray, *, variables: Any = None,
@@ -306,15 +256,6 @@ def finish(logits: jax.Array | np.ndarray, images: np.ndarray, *,
             q = np.where(allowed[:, None, None, :], q, 0.0)
         out.update(probs_crf=q, labels_crf=np.argmax(q, axis=-1).astype(np.uint8))
     return Segmentation(**out)
-
-
-def group_by_size(sizes: Sequence[tuple[int, int]], batch_size: int) -> list[list[int]]:
-    """Indices in batches of equal (H, W), at most `batch_size` each, in first-seen order."""
-    groups: dict[tuple[int, int], list[int]] = {}
-    for i, hw in enumerate(sizes):
-        groups.setdefault(tuple(hw), []).append(i)
-    return [idx[k:k + batch_size] for idx in groups.values()
-            for k in range(0, len(idx), batch_size)]
 
 
 def segment_canvases(apply_fn: ApplyFn, images: jax.Array | np.ndarray,

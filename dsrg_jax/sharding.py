@@ -121,8 +121,9 @@ def sum_over_processes(x: np.ndarray) -> np.ndarray:
 
 
 def gather_over_processes(x: np.ndarray) -> np.ndarray:
-    """Host arrays of every process (the same shape on each) concatenated along axis 0, in
-    process order."""
+    """Host arrays of every process concatenated along axis 0, in process order.
+
+    Each process's array has the same shape."""
     if jax.process_count() == 1:
         return np.asarray(x)
     return np.concatenate(list(multihost_utils.process_allgather(np.asarray(x))))
@@ -148,8 +149,9 @@ def broadcast_from_process0(x: np.ndarray) -> np.ndarray:
 
 
 def _padded(data: bytes, size: int) -> np.ndarray:
-    """`data` as uint8[n], zero-padded to n = the next power of two >= max(size, 256) (few
-    distinct shapes: each shape of a collective compiles once)."""
+    """`data` as uint8[n], zero-padded to n = the next power of two >= max(size, 256).
+
+    Few distinct shapes: each shape of a collective compiles once."""
     n = 1 << max(int(size) - 1, 255).bit_length()
     out = np.zeros(n, np.uint8)
     out[:len(data)] = np.frombuffer(data, np.uint8)

@@ -1,5 +1,6 @@
-"""The paper's ablation on one dataset, over several seeds: `python -m experiments.digits
---ablation --seeds 3`.
+"""The paper's ablation on one dataset, over several seeds.
+
+`python -m experiments.digits --ablation --seeds 3`.
 
 Rows (the paper's VOC 2012 val mIoU, VGG16, beside each where it gives one):
   table2      baseline: fixed cues, SEC seed loss (52.5); + balanced seed loss (53.6);
@@ -29,8 +30,10 @@ from dsrg_jax.config import Config, override
 
 @dataclasses.dataclass(frozen=True)
 class Row:
-    """One ablation row: its group, name, config changes against the main run, the paper's VOC
-    val mIoU (None where the paper gives none here), and the result key it reads."""
+    """One ablation row: group, name, config changes, the paper's VOC val mIoU and the result key.
+
+    The config changes are against the main run; the paper's VOC val mIoU is None where the paper
+    gives none here; the result key is the one it reads."""
 
     group: str
     name: str
@@ -160,8 +163,10 @@ def run_ablation(cfg: Config, workdir, *, seeds=(0,), rows=ROW_NAMES,
 
 
 def markdown_table(table: list[dict]) -> str:
-    """The rows as a markdown table: mean +- std over the seeds, each seed's value, the last
-    epoch's supervision (mean over seeds) and the paper's VOC value."""
+    """The rows as a markdown table.
+
+    Mean +- std over the seeds, each seed's value, the last epoch's supervision (mean over seeds)
+    and the paper's VOC value."""
     lines = ["| group | row | val mIoU (%), mean ± std | per seed | last-epoch supervision "
              "P / R / IoU (%) | paper, VOC 2012 val |", "|---|---|---|---|---|---|"]
     for r in table:

@@ -42,8 +42,9 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
 
 
 def apply_run_flags(cfg, args):
-    """The config with the common flags applied; a value the config refuses (e.g. --max-steps
-    0) exits with one line naming the flag's field."""
+    """The config with the common flags applied.
+
+    A value the config refuses (e.g. --max-steps 0) exits with one line naming the flag's field."""
     from dsrg_jax.config import ConfigError, override
 
     changes = {}
@@ -75,9 +76,10 @@ _WRITE_ERRORS = {errno.ENOSPC: "the disk is full", errno.EACCES: "permission den
 
 def run_and_report(cfg, workdir, stages, num_devices=None, predict=None,
                    args_debug: bool = False) -> dict:
-    """Prints the config in one line, runs the stages; signals, NaN, missing data, bad files,
-    a locked, read-only or full workdir -> one line and an exit status (128 + signal after a
-    save; 1 for errors; `args_debug`: also the traceback)."""
+    """Prints the config in one line, runs the stages; a failure -> one line and an exit status.
+
+    Failures: signals, NaN, missing data, bad files, a locked, read-only or full workdir. The exit
+    status is 128 + signal after a save, 1 for errors; `args_debug`: also the traceback."""
     from dsrg_jax.pipeline import run
     from dsrg_jax.train.logging import log
     from dsrg_jax.train.loop import Preempted
@@ -109,9 +111,10 @@ def _pct(v) -> str:
 
 
 def summary_text(results: dict, workdir) -> str:
-    """The end-of-run summary: each stage's val mIoU and wall time, the supervision quality at
-    the first and last epoch (the paper's Fig. 4 measure), the dataset card's numbers and where
-    the figures are. `results`: results.json's dict."""
+    """The end-of-run summary. `results`: results.json's dict.
+
+    Each stage's val mIoU and wall time, the supervision quality at the first and last epoch (the
+    paper's Fig. 4 measure), the dataset card's numbers and where the figures are."""
     miou, seconds = results.get("miou", {}), results.get("seconds", {})
     lines = [f"summary of {workdir} (all numbers: {workdir}/results.json)",
              "  stage     val mIoU (%)  wall (s)"]
@@ -239,6 +242,12 @@ def dataset_parser(prog: str, description: str, data_help: str) -> argparse.Argu
                         "(default 513 for VOC, 640 for COCO; every image must fit, checked at "
                         "start); 0 = no canvas, batches of equal-size images (the official "
                         "one-image-at-a-time protocol, slower)")
+    p.add_argument("--miou-formula", default=None,
+                   choices=("standard", "voc-official", "coco-official"),
+                   help="the eval stage's mean IoU: standard (default; classes present in the "
+                        "ground truth or the predictions) or the official scripts' own "
+                        "(voc-official: classes with a true positive; coco-official: "
+                        "tp / max(1, union) over all classes); docs/fidelity.md")
     p.add_argument("--eval-batch-size", type=int, default=None, metavar="N",
                    help="global batch of the pseudo-label and eval stages (default 10), rounded "
                         "up to a multiple of the device count")
@@ -280,10 +289,12 @@ def check_num_devices(args) -> None:
 
 
 def check_data(cfg, predict=None) -> None:
-    """The up-front check, before any training: the train and val id lists load, every image
-    (and mask, and saliency map) they name exists, every image fits the inference canvas and
-    every mask holds valid class indices (and the images of split `predict`, if given); one
-    line naming the bad files, else silence.
+    """The up-front check, before any training; one line naming the bad files, else silence.
+
+    The train and val id lists load, every image (and mask, and saliency map) they name exists,
+    every image fits the inference canvas and every mask holds valid class indices (and the images
+    of split `predict`, if given).
+
     The full check that decodes every file: `python -m dsrg_jax.data.check`."""
     from dsrg_jax.data.check import check_files, check_sizes_and_masks
     from dsrg_jax.data.records import DatasetError
@@ -359,6 +370,8 @@ def dataset_main(args, get_config, data_hint: str) -> dict:
         changes["pseudo.batch_size"] = changes["eval.batch_size"] = args.eval_batch_size
     if args.canvas is not None:
         changes["eval.canvas"] = args.canvas or None
+    if args.miou_formula is not None:
+        changes["eval.miou_formula"] = args.miou_formula
     changes.update({field: getattr(args, flag) for flag, field in CUE_RULE_FLAGS.items()
                     if getattr(args, flag) is not None})
     try:

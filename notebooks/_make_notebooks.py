@@ -44,7 +44,7 @@ the network is confident about. `dsrg_jax.dsrg_grow` is that growth as one jitte
 
 This notebook
 1. installs the package (on Colab) or uses your checkout,
-2. grows **real cue layouts** from the official SEC/DSRG cue file on a few VOC images,
+2. grows **real cue layouts** from SEC's published cue file on a few VOC images,
 3. runs the full DSRG pipeline on the embedded `digits` dataset in its quick form and shows its
    figures (cue growth over training, supervision quality, per-class IoU, predictions).
 
@@ -62,10 +62,12 @@ from dsrg_jax.data.synthetic import synthetic_probs
 from dsrg_jax.ops.grow_scipy import dsrg_grow_scipy
 
 print("jax", jax.__version__, "on", jax.devices()[0].platform)'''),
-        v4.new_markdown_cell(r'''## 1. Real seed cues from the official cue file
+        v4.new_markdown_cell(r'''## 1. Real seed cues from SEC's cue file
 
-`localization_cues.pickle.gz` (from the SEC repository, MIT licence) holds the seed cues of all
-10,582 VOC 2012 train_aug images on a 41x41 grid over the image warped to 321x321. Set
+`localization_cues.pickle.gz` (from the SEC repository, MIT licence) holds SEC's seed cues of all
+10,582 VOC 2012 train_aug images on a 41x41 grid over the image warped to 321x321. DSRG's
+published runs used the authors' own `localization_cues-sal.pickle` (same layout and input list,
+saliency background cues); it reads the same way. Set
 `DSRG_CUE_FILE` (or edit `CUE_FILE`) to where yours is; a converted `.npz` works too. `VOC_ROOT`
 (optional) is a `VOCdevkit/VOC2012` folder for the pictures and ground truth.'''),
         v4.new_code_cell(r'''SHARED = ROOT.parent / "shared" / "data"  # the project's test data

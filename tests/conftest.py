@@ -30,7 +30,7 @@ def shared_path(*parts: str) -> pathlib.Path:
 
 @pytest.fixture(scope="session")
 def sec_cue_file() -> pathlib.Path:
-    """The official SEC/DSRG cue pickle (gzip, Python 2)."""
+    """SEC's published cue pickle (gzip, Python 2); DSRG's own file has the same layout."""
     return shared_path("sec", "localization_cues.pickle.gz")
 
 

@@ -227,6 +227,49 @@ def test_init_without_our_classifiers_keeps_them_and_copies_shared_fc(caffe_net,
         C.load_caffe_deeplab_vgg16(init, path, num_classes=21)
 
 
+def test_only_the_official_classifier_names_load(caffe_net, deeplab, tmp_path):
+    """Caffe copies layers by name: a complete fc8_voc12_{i} set that fits is not DSRG's
+    fc8-SEC_{i}, so it is ignored (named) and the model's classifiers are kept."""
+    _, _, _, layers, _ = caffe_net
+    renamed = {(k.replace("fc8-SEC", "fc8_voc12") if k.startswith("fc8") else k): v
+               for k, v in layers.items()}
+    path = tmp_path / "other_names.caffemodel"
+    C.write_caffemodel(path, renamed)
+    _, init = deeplab
+    variables, info = C.load_caffe_deeplab_vgg16(init, path)
+    assert info.kept_init == tuple(f"aspp_{i}/classifier" for i in range(1, 5))
+    assert set(info.ignored) == {f"fc8_voc12_{i}" for i in range(1, 5)}
+    assert any("fc8_voc12_1" in n for n in info.notes)
+    for i in range(1, 5):
+        np.testing.assert_array_equal(variables["params"][f"aspp_{i}"]["classifier"]["kernel"],
+                                      init["params"][f"aspp_{i}"]["classifier"]["kernel"])
+    with pytest.raises(W.WeightsError, match=r"missing layers \(4\)[\s\S]*fc8-SEC_1"):
+        C.load_caffe_deeplab_vgg16(init, path, num_classes=21)
+    partial = {k: v for k, v in layers.items() if k != "fc8-SEC_3"}
+    C.write_caffemodel(tmp_path / "partial.caffemodel", partial)
+    with pytest.raises(W.WeightsError, match=r"missing layers \(1\)[\s\S]*fc8-SEC_3"):
+        C.load_caffe_deeplab_vgg16(init, tmp_path / "partial.caffemodel")
+
+
+def test_caffemodel_init_through_build_model_equals_loading_it(caffe_net, deeplab):
+    """`model.init_weights` ending in .caffemodel: the pipeline's `build_model` gives the
+    snapshot's weights (every layer) and the Caffe input convention."""
+    from dsrg_jax.config import override
+    from dsrg_jax.convention import CAFFE
+    from dsrg_jax.pipeline.nets import build_model
+    from experiments.configs import voc
+
+    _, _, path, _, _ = caffe_net
+    _, init = deeplab
+    cfg = override(voc.get_config(), **{"model.init_weights": str(path)})
+    for stage in ("dsrg", "retrain"):
+        model, variables, convention = build_model(cfg, stage)
+        expected, _ = C.load_caffe_deeplab_vgg16(init, path)
+        assert convention == CAFFE
+        assert_trees_equal(jax.tree.map(np.asarray, variables),
+                           jax.tree.map(np.asarray, expected))
+
+
 def test_missing_unexpected_and_misshapen_layers_in_one_message(caffe_net, deeplab, tmp_path):
     _, _, _, layers, _ = caffe_net
     bad = {k: v for k, v in layers.items() if k != "conv3_2"}

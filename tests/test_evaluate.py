@@ -87,6 +87,38 @@ def test_all_background_and_shifted_predictions_match_numpy(voc_mini, tmp_path):
     assert 50 < shifted.mean_iou < 100
 
 
+def test_official_miou_formulas_on_all_background_predictions(voc_mini, tmp_path, monkeypatch):
+    """All-background predictions: VOC's evaluate.py averages over the classes with a TP (only
+    background), COCO's script over all 21 classes, the standard mean over the 16 present; each
+    through the one `Evaluator`."""
+    gt_dir = voc_mini.joinpath(*VOC_GT)
+    gts = read_gts(gt_dir)
+    write_preds(tmp_path, {k: np.zeros_like(g) for k, g in gts.items()})
+    added = []
+    monkeypatch.setattr(evaluate.Evaluator, "add",
+                        lambda self, pred, gt, _add=evaluate.Evaluator.add:
+                        (added.append(1), _add(self, pred, gt))[1])
+    std = evaluate.evaluate_dirs(gt_dir, tmp_path)
+    voc = evaluate.evaluate_dirs(gt_dir, tmp_path, miou_formula="voc-official")
+    coco = evaluate.evaluate_dirs(gt_dir, tmp_path, miou_formula="coco-official")
+    assert len(added) == 3 * 16
+    bg = std.iou[0]
+    assert std.mean_iou == pytest.approx(bg / 16)
+    assert voc.mean_iou == pytest.approx(bg)
+    assert coco.mean_iou == pytest.approx(bg / 21)
+    np.testing.assert_array_equal(voc.confusion, std.confusion)
+    ev = evaluate.Evaluator(21, "voc-official")
+    for g in gts.values():
+        ev.add(np.zeros_like(g), g)
+    assert 100 * ev.result()["miou"] == pytest.approx(voc.mean_iou)
+    with pytest.raises(ValueError, match="miou formula"):
+        evaluate.Evaluator(21, "caffe")
+    # The command line chooses the formula too.
+    scores = evaluate.main(["--gt", str(gt_dir), "--pred", str(tmp_path), "--miou-formula",
+                            "coco-official"])
+    assert scores.mean_iou == pytest.approx(coco.mean_iou)
+
+
 def test_id_list_selects_the_split(voc_mini, tmp_path):
     gt_dir = voc_mini.joinpath(*VOC_GT)
     val = voc_mini / "VOC2012" / "ImageSets" / "Segmentation" / "val.txt"

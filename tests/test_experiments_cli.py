@@ -229,6 +229,20 @@ def test_cam_to_cue_rule_flags_reach_the_config(voc_dir, tmp_path, captured):
     assert msg.startswith("error: ") and "fg_threshold" in msg and "\n" not in msg
 
 
+def test_miou_formula_flag_reaches_the_eval_config(voc_dir, tmp_path, captured):
+    """--miou-formula sets eval.miou_formula (default: the standard mean); a bad one is refused
+    by the config's field check."""
+    base = ["--data-dir", str(voc_dir), "--workdir", str(tmp_path / "w")]
+    voc.main(base)
+    assert captured["cfg"].eval.miou_formula == "standard"
+    voc.main(base + ["--miou-formula", "voc-official"])
+    assert captured["cfg"].eval.miou_formula == "voc-official"
+    from dsrg_jax.config import ConfigError, override
+
+    with pytest.raises(ConfigError, match="eval.miou_formula"):
+        override(captured["cfg"], **{"eval.miou_formula": "caffe"})
+
+
 def test_help_names_every_kind_of_weights_and_cues():
     text = _dataset_help()
     assert ".caffemodel" in text

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -104,6 +105,14 @@ def test_eval_writes_palette_predictions_scores_and_all_figures(quick_run):
         assert "pixel acc." in table and "(100 images)" in table
     for name in ("supervision", "growth", "class_iou", "overlays", "cam_bg_threshold"):
         assert (workdir / "figures" / f"{name}.png").stat().st_size > 1000, name
+    # The pseudo-labels as another framework reads them: a list file beside the PNG folder,
+    # one id per line, each a palette PNG of the image's size (255 = ignore).
+    listed = (workdir / "pseudo_labels.txt").read_text().split()
+    assert len(listed) == 400 and len(set(listed)) == 400
+    assert sorted(listed) == sorted(p.stem for p in (workdir / "pseudo_labels").glob("*.png"))
+    with Image.open(workdir / "pseudo_labels" / f"{listed[0]}.png") as im:
+        assert im.mode == "P" and im.size == (56, 56)
+        assert set(np.unique(np.asarray(im))) <= set(range(11)) | {255}
     curve = res["bg_threshold_curve"]
     cues_done = json.loads((workdir / "cues" / "done.json").read_text())
     assert cues_done["bg_threshold_curve"] == curve
@@ -156,6 +165,8 @@ def test_predict_split_writes_the_eval_stage_predictions(quick_run, tmp_path):
     assert info["num_images"] == 100 and info["stage"] == "retrain"
     assert predict_dir(exp, "val") == workdir / "predict" / "val"
     pngs = sorted((tmp_path / "pred").glob("*.png"))
+    listed = pathlib.Path(info["list"]).read_text().split()   # the list file of the split
+    assert sorted(listed) == [p.stem for p in pngs] and len(listed) == 100
     ref = workdir / "eval" / "retrain" / "predictions"
     assert [p.name for p in pngs] == sorted(p.name for p in ref.glob("*.png"))
     for p in pngs:

@@ -64,7 +64,7 @@ def test_growth_actually_happens_in_random_cases():
 
 @pytest.fixture(scope="module")
 def real_cues(sec_cue_file):
-    """Cue layouts and labels of 40 real images from the official cue file."""
+    """Cue layouts and labels of 40 real images from SEC's cue file."""
     cue_set = import_official_cues(sec_cue_file)
     indices = np.random.default_rng(0).choice(len(cue_set), size=40, replace=False)
     return cue_set.dense_batch(indices)

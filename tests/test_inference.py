@@ -39,16 +39,23 @@ def images():
     return np.stack([cv2.resize(b, (47, 39), interpolation=cv2.INTER_CUBIC) for b in base])
 
 
+def official_preprocess(image, factors):
+    """test-ms.py / test-ms-f.py `preprocess`: the raw image zoomed (float32, order 1), then
+    channels reversed to BGR and the mean subtracted. uint8[H, W, 3] -> float32[h, w, 3]."""
+    x = ndimage.zoom(image.astype("float32"), (*factors, 1.0), order=1)
+    return (x[:, :, [2, 1, 0]] - np.array([104.0, 117.0, 123.0])).astype(np.float32)
+
+
 def by_hand(apply_fn, variables, images, scales, flip):
     """Each scale separately as the official test-ms-f.py: `scipy.ndimage.zoom(order=1)` of the
-    image to round(scale * side) and of the logits back to the full size, summed."""
+    raw image to round(scale * side), then BGR minus the mean, and of the logits back to the
+    full size, summed."""
     b, h, w, _ = images.shape
     total = np.zeros((b, h, w, NUM_CLASSES), np.float64)
-    x_full = CAFFE.normalize(images).astype(np.float64)
     for s in scales:
         sh, sw = max(1, round(h * s)), max(1, round(w * s))
         for n in range(b):
-            x = ndimage.zoom(x_full[n], (sh / h, sw / w, 1.0), order=1).astype(np.float32)
+            x = official_preprocess(images[n], (sh / h, sw / w))
             assert x.shape[:2] == (sh, sw)
             variants = [(x, False)] + ([(x[:, ::-1], True)] if flip else [])
             for xin, mirrored in variants:
@@ -68,6 +75,14 @@ def test_multi_scale_logits_equal_each_scale_by_hand_summed(net, images, flip):
     want = by_hand(apply_fn, variables, images, scales, flip)
     assert got.shape == images.shape[:3] + (NUM_CLASSES,)
     np.testing.assert_allclose(got, want, atol=1e-5 * np.abs(want).max())
+
+
+def test_normalize_function_equals_the_convention_name(net, images):
+    apply_fn, variables = net
+    by_name = inference.multi_scale_logits(apply_fn, images, variables=variables, scales=(0.5,))
+    by_fn = inference.multi_scale_logits(apply_fn, images, variables=variables, scales=(0.5,),
+                                         normalize=CAFFE.normalize)
+    np.testing.assert_allclose(np.asarray(by_fn), np.asarray(by_name), rtol=1e-6, atol=1e-6)
 
 
 def test_one_scale_and_closure_form(net, images):
@@ -199,7 +214,6 @@ def canvas_by_hand(apply_fn, variables, canvases, hws, *, scales=None, sizes=Non
     passes)."""
     b, big, _, _ = canvases.shape
     total = np.zeros((b, big, big, NUM_CLASSES), np.float64)
-    x_full = CAFFE.normalize(canvases)
     fill = CAFFE.normalize(np.asarray(inference.MEAN_RGB_UINT8, np.float32)[None, None])[0, 0]
     steps = [("size", s) for s in sizes] if sizes is not None else [("scale", s) for s in scales]
     for kind, v in steps:
@@ -208,8 +222,7 @@ def canvas_by_hand(apply_fn, variables, canvases, hws, *, scales=None, sizes=Non
             hs, ws = (v, v) if kind == "size" else (max(1, round(h * v)), max(1, round(w * v)))
             x = np.empty((side, side, 3), np.float32)
             x[:] = fill
-            x[:hs, :ws] = ndimage.zoom(x_full[n, :h, :w].astype(np.float64),
-                                       (hs / h, ws / w, 1.0), order=1)
+            x[:hs, :ws] = official_preprocess(canvases[n, :h, :w], (hs / h, ws / w))
             variants = [(x, False)]
             if flip:
                 xf = x.copy()
@@ -260,3 +273,20 @@ def test_canvas_logits_of_full_size_images_equal_multi_scale_logits(net, images)
     want = inference.multi_scale_logits(apply_fn, square, variables=variables, scales=(0.75, 1.0))
     np.testing.assert_allclose(np.asarray(got), np.asarray(want),
                                atol=1e-5 * float(np.abs(want).max()))
+
+
+def test_scipy_zero_line_is_black_as_the_official_scripts_feed_it():
+    """scipy's zoom zeroes the last row and column for 28x30 -> 14x15; the official scripts zoom
+    the raw image, so the net sees black there (BGR minus the mean), not the mean colour."""
+    from dsrg_jax.ops.resize import _scipy_zeroes_last
+
+    assert _scipy_zeroes_last(28, 14) and _scipy_zeroes_last(30, 15)
+    image = np.random.default_rng(3).integers(0, 256, (28, 30, 3)).astype(np.uint8)
+    fed = official_preprocess(image, (0.5, 0.5))
+    np.testing.assert_array_equal(fed[-1], np.tile([-104.0, -117.0, -123.0], (15, 1)))
+    np.testing.assert_array_equal(fed[:, -1], np.tile([-104.0, -117.0, -123.0], (14, 1)))
+    # An identity "net" (output stride 1) returns what it was fed, zoomed back to 28 x 30.
+    got = np.asarray(inference.multi_scale_logits(lambda x: x, image[None], scales=(0.5,)))[0]
+    want = ndimage.zoom(fed.astype(np.float64), (2.0, 2.0, 1.0), order=1)
+    np.testing.assert_allclose(got, want, atol=1e-3)
+    assert np.abs(want[-3:]).max() > 50  # the black line reaches the last full-size rows

@@ -34,6 +34,44 @@ def test_miou_on_a_hand_made_case():
     assert dsrg_jax.pixel_accuracy(conf) == pytest.approx(6 / 10)
 
 
+def test_official_miou_formulas_on_the_hand_made_case():
+    """VOC's evaluate.py leaves out class 2 (no TP) and class 3; COCO's test-coco-f.py averages
+    TP / max(1, union) over all 4 classes (class 3 counts 0)."""
+    gt = np.array([[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 255, 255]])
+    pred = np.array([[0, 1, 1, 1], [0, 0, 1, 0], [0, 0, 2, 2]])
+    conf = np.asarray(dsrg_jax.confusion_matrix(pred, gt, num_classes=4))
+    assert dsrg_jax.mean_iou(conf, "voc-official") == pytest.approx((3 / 7 + 3 / 5) / 2)
+    assert dsrg_jax.mean_iou(conf, "coco-official") == pytest.approx((3 / 7 + 3 / 5) / 4)
+    full = np.array([[5, 1], [2, 4]])  # every class right somewhere: all three agree
+    means = {f: dsrg_jax.mean_iou(full, f) for f in ("standard", "voc-official", "coco-official")}
+    assert means["standard"] == pytest.approx((5 / 8 + 4 / 7) / 2)
+    assert len({round(v, 12) for v in means.values()}) == 1
+    with pytest.raises(ValueError, match="voc-official"):
+        dsrg_jax.mean_iou(conf, "official")
+
+
+def official_voc_jaccard(m):
+    """training/tools/evaluate.py ConfusionMatrix.jaccard, line for line."""
+    per_class = [m[i, i] / (np.sum(m[i, :]) + np.sum(m[:, i]) - m[i, i])
+                 for i in range(len(m)) if not m[i, i] == 0]
+    return np.sum(per_class) / len(per_class)
+
+
+def official_coco_miou(m):
+    """test-coco-f.py:183-188."""
+    pos, res, tp = m.sum(1), m.sum(0), np.diag(m)
+    return (tp / np.maximum(1.0, pos + res - tp)).mean()
+
+
+def test_official_formulas_equal_the_official_code_on_random_confusions():
+    rng = np.random.default_rng(4)
+    for _ in range(20):
+        m = rng.integers(0, 5, (6, 6)) * (rng.random((6, 6)) < 0.5)
+        m[0, 0] += 1
+        assert dsrg_jax.mean_iou(m, "voc-official") == pytest.approx(official_voc_jaccard(m))
+        assert dsrg_jax.mean_iou(m, "coco-official") == pytest.approx(official_coco_miou(m))
+
+
 def test_perfect_prediction_scores_one():
     gt = np.random.default_rng(1).integers(0, 21, size=(2, 30, 30))
     conf = dsrg_jax.confusion_matrix(gt, gt, num_classes=21)

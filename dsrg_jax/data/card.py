@@ -1,5 +1,6 @@
-"""A dataset card's numbers: what the objects of a split look like on the segmentation net's
-output grid, measured from its masks.
+"""A dataset card's numbers: what the objects of a split look like on the net's output grid.
+
+Measured from the split's masks, on the segmentation net's output grid.
 
 DSRG assumes objects that are solid blobs on the output grid (VOC: ~30% of the pixels are
 foreground, objects many cells thick), so that a CAM peak lies on the object and a grown region
@@ -24,8 +25,9 @@ from dsrg_jax.ops.metrics import IGNORE_INDEX
 
 
 def stroke_width(mask: np.ndarray) -> float:
-    """The typical stroke width of a shape in pixels: twice the median distance to the outside
-    over its skeleton (the medial axis). bool[h, w] -> float (0 for an empty mask)."""
+    """The typical stroke width of a shape in pixels. bool[h, w] -> float (0 for an empty mask).
+
+    Twice the median distance to the outside over its skeleton (the medial axis)."""
     mask = np.asarray(mask, bool)
     if not mask.any():
         return 0.0
@@ -34,8 +36,10 @@ def stroke_width(mask: np.ndarray) -> float:
 
 
 def object_widths(mask: np.ndarray, grid: Sequence[int]) -> list[tuple[int, float]]:
-    """(class, stroke width in output cells) of every foreground class present in a uint8[H, W]
-    mask (0 = background, IGNORE_INDEX not an object); the cell is H / grid[0] pixels."""
+    """(class, stroke width in output cells) of every foreground class in a uint8[H, W] mask.
+
+    Only classes present count (0 = background, IGNORE_INDEX not an object); the cell is H / grid[0]
+    pixels."""
     cell = mask.shape[0] / grid[0]
     return [(int(c), stroke_width(mask == c) / cell)
             for c in np.unique(mask) if c not in (0, IGNORE_INDEX)]

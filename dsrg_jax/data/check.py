@@ -1,5 +1,7 @@
-"""Dataset checks: `check_files` (fast: every file an id list names exists; the experiments run
-it at start) and `check_dataset` (every item read and decoded; `python -m dsrg_jax.data.check`).
+"""Dataset checks: `check_files` (fast) and `check_dataset` (every item read and decoded).
+
+`check_files` checks that every file an id list names exists; the experiments run it at start.
+`check_dataset` reads and decodes every item (`python -m dsrg_jax.data.check`).
 
 A bad item (corrupt JPEG, missing mask, an id in a list with no file, mask values outside 0..C-1 /
 255, no labels for an id because the labels file is for another split, ...) stops the run with one
@@ -106,8 +108,9 @@ def item_files(source: Source, index: int) -> list[pathlib.Path]:
 
 def check_files(source: Source, *, name: str = "dataset", max_listed: int = 5,
                 num_workers: int = 8) -> int:
-    """The fast check: the id list is not empty and every file its items need exists (nothing
-    is decoded; `check_dataset` does that). Returns the number of items.
+    """The fast check: the id list is not empty and every file its items need exists.
+
+    Nothing is decoded; `check_dataset` does that. Returns the number of items.
 
     Raises:
       DatasetError naming the number of missing files and the first `max_listed` of them.
@@ -148,11 +151,12 @@ def _reason(e: BaseException) -> str:
 def check_sizes_and_masks(source: Source, *, canvas: int | None, num_classes: int,
                           name: str = "dataset", max_listed: int = 5,
                           num_workers: int = 8) -> None:
-    """What the later stages need of a VOC-style source, checked before any training: every
-    image fits the inference canvas (its header is read, the pixels are not) and every mask
-    holds only class indices 0..C-1 or 255 (each mask is decoded). One DatasetError lists the
-    bad files, an image or mask PIL cannot read among them. Sources without per-file masks
-    (COCO, digits) are not checked here.
+    """What the later stages need of a VOC-style source, checked before any training.
+
+    Every image fits the inference canvas (its header is read, the pixels are not) and every mask
+    holds only class indices 0..C-1 or 255 (each mask is decoded). One DatasetError lists the bad
+    files, an image or mask PIL cannot read among them. Sources without per-file masks (COCO,
+    digits) are not checked here.
 
     Args:
       canvas: the inference canvas side (`eval.canvas`), or None (no size limit).
@@ -216,8 +220,10 @@ def main(argv=None) -> None:
 
 def check_splits(dataset: str, data_dir: str | None, splits=None, *,
                  saliency_dir: str | None = None, num_workers: int = 8) -> None:
-    """`check_dataset` of every split (default: the dataset's train and val splits), printing
-    each fine one; raises one DatasetError with the problems of every bad split."""
+    """`check_dataset` of every split, printing each fine one.
+
+    Default: the dataset's train and val splits. Raises one DatasetError with the problems of every
+    bad split."""
     ds = get_dataset(dataset)
     d = override(Config(), **ds.data_fields(), **{"data.data_dir": data_dir,
                                                   "data.saliency_dir": saliency_dir}).data

@@ -252,8 +252,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Converts the official pickle the flags name; raises what `import_official_cues` raises
-    (the command line reports it in one line: `dsrg_jax.data.seeds.main`)."""
+    """Converts the official pickle the flags name; raises what `import_official_cues` raises.
+
+    The command line reports it in one line: `dsrg_jax.data.seeds.main`."""
     convert_official(parse_args(argv))
 
 

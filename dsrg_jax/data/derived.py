@@ -30,9 +30,10 @@ class PseudoLabelSource:
 
 
 class CueLabelSource:
-    """A source whose image-level labels are the cue set's (`cueset.image_labels`), e.g. SEC's
-    `"<i>_labels"` from the official cue file, instead of the labels derived from the masks.
-    Everything else (image, mask, cues, saliency) is the base source's."""
+    """A source whose image-level labels are the cue set's (`cueset.image_labels`).
+
+    E.g. SEC's `"<i>_labels"` from the official cue file, instead of the labels derived from the
+    masks. Everything else (image, mask, cues, saliency) is the base source's."""
 
     def __init__(self, base, cueset, where: str = "the cue set"):
         self.base = base

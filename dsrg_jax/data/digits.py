@@ -167,9 +167,10 @@ def _clutter(rng: np.random.Generator, img: np.ndarray, size: int) -> None:
 
 
 def _glyph(rng: np.random.Generator, digit: np.ndarray, size: int) -> np.ndarray:
-    """A digit scaled, stretched, rotated and emboldened: float32 opacity [h, w] in [0, 1], tight
-    box. Its height is DIGIT_HEIGHT and its stroke width STROKE_WIDTH of `size` (a grey dilation
-    widens the scaled MNIST stroke to the drawn target; the outline stays anti-aliased)."""
+    """A digit scaled, stretched, rotated and emboldened: float32 opacity [h, w] in [0, 1].
+
+    Tight box. Its height is DIGIT_HEIGHT and its stroke width STROKE_WIDTH of `size` (a grey
+    dilation widens the scaled MNIST stroke to the drawn target; the outline stays anti-aliased)."""
     ys, xs = np.nonzero(digit)
     g = digit[ys.min():ys.max() + 1, xs.min():xs.max() + 1].astype(np.float32) / 255.0
     g = np.pad(g, 2)
@@ -251,8 +252,9 @@ def make_digits_example(
 
 @functools.lru_cache(maxsize=8)
 def _kept_arrays(kind: str, split: str, seed: int, size: int, canvas: int) -> dict[int, tuple]:
-    """The kept drawings of one (kind, split, seed, size, canvas), shared by every source of it
-    (each stage makes its own source of the train split)."""
+    """The kept drawings of one (kind, split, seed, size, canvas), shared by every source of it.
+
+    Each stage makes its own source of the train split."""
     return {}
 
 
@@ -348,8 +350,9 @@ GLYPH_SIZE = 32
 def make_glyph_example(
     split: str, index: int, *, seed: int = 0, size: int = GLYPH_SIZE, canvas: int = 56
 ) -> tuple[np.ndarray, int]:
-    """One single-digit image for classifier pretraining (the digits' ImageNet), pure in
-    (seed, split, index).
+    """One single-digit image for classifier pretraining (the digits' ImageNet).
+
+    Pure in (seed, split, index).
 
     A digit of the split's pool drawn as on a `canvas`-sized digits image (photo background,
     clutter, contrasting colour, bold), at a random place in a size x size crop. Where the

@@ -26,8 +26,10 @@ def write_voc_tree(
     root: PathLike, ids_train, ids_val, *, seed: int = 0, num_classes: int = 21,
     sizes=((37, 53), (64, 41), (29, 30)),
 ) -> dict[str, np.ndarray]:
-    """Writes a VOCdevkit/VOC2012 tree: JPEGImages, SegmentationClass (palette PNGs),
-    ImageSets/Segmentation/{train,val,trainval}.txt, Annotations/*.xml (names from the masks).
+    """Writes a VOCdevkit/VOC2012 tree.
+
+    JPEGImages, SegmentationClass (palette PNGs), ImageSets/Segmentation/{train,val,trainval}.txt,
+    Annotations/*.xml (names from the masks).
 
     Returns id -> the uint8[H, W] mask written (the independent truth for tests).
     """

@@ -160,8 +160,9 @@ def _first_duplicate(ids: Sequence[str]) -> str | None:
 
 
 def find_folder(root: PathLike, inner: str, marker: str, what: str, hint: str) -> pathlib.Path:
-    """`root` if it holds the folder `marker`, else `root/inner` if that does; else one
-    DatasetError saying what was expected (`what`) and what to download (`hint`)."""
+    """`root` if it holds the folder `marker`, else `root/inner` if that does; else a DatasetError.
+
+    The error says what was expected (`what`) and what to download (`hint`)."""
     root = pathlib.Path(root)
     for cand in (root, root / inner):
         if (cand / marker).is_dir():

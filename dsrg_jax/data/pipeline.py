@@ -242,8 +242,9 @@ def measure(pipeline: Pipeline, num_batches: int, warmup: int = 2) -> dict[str, 
 
 
 def main(argv=None) -> None:
-    """`python -m dsrg_jax.data.pipeline`: the input pipeline's images/s; a missing or bad
-    dataset -> one line (`--debug`: the traceback)."""
+    """`python -m dsrg_jax.data.pipeline`: the input pipeline's images/s.
+
+    A missing or bad dataset -> one line (`--debug`: the traceback)."""
     from dsrg_jax import cli
 
     p = argparse.ArgumentParser(

@@ -361,8 +361,9 @@ def quality_against_masks(cue_set: CueSet, masks_dir: PathLike) -> dict[str, flo
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """`convert SRC ...` (any source), else the official-pickle usage of `cues.main`; a bad
-    cue file or flag value -> one line on stderr, exit status 1 (`--debug`: the traceback)."""
+    """`convert SRC ...` (any source), else the official-pickle usage of `cues.main`.
+
+    A bad cue file or flag value -> one line on stderr, exit status 1 (`--debug`: the traceback)."""
     from dsrg_jax import cli
 
     argv = list(sys.argv[1:] if argv is None else argv)

@@ -55,8 +55,9 @@ def upsample_nearest(cues: np.ndarray, factor: int) -> np.ndarray:
 
 
 def spiral_path(size: int) -> np.ndarray:
-    """bool[size, size]: a one-pixel-wide square spiral from the corner (0, 0) inwards (the
-    most winding region a flood fill can meet: the growth benchmark's and tests' worst case)."""
+    """bool[size, size]: a one-pixel-wide square spiral from the corner (0, 0) inwards.
+
+    The most winding region a flood fill can meet: the growth benchmark's and tests' worst case."""
     path = np.zeros((size, size), bool)
     directions = [(0, 1), (1, 0), (0, -1), (-1, 0)]
     y = x = turn = 0

@@ -154,10 +154,11 @@ def grid_nearest(mask: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
 
 
 def interp_labels(mask: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
-    """uint8[H, W] label map -> uint8[h, w] as Caffe's Interp layer samples labels onto the
-    output grid (the official train-f.prototxt `label_shrink`, shrink_factor 8): corner-aligned,
-    the top-left tap, in Caffe's float32 arithmetic: row i reads int(float32((H-1)/(h-1)) * i).
-    For a 321 crop and a 41x41 grid that is label[8i, 8j]."""
+    """uint8[H, W] label map -> uint8[h, w] as Caffe's Interp layer samples labels onto the grid.
+
+    The official train-f.prototxt `label_shrink`, shrink_factor 8: corner-aligned, the top-left tap,
+    in Caffe's float32 arithmetic: row i reads int(float32((H-1)/(h-1)) * i). For a 321 crop and a
+    41x41 grid that is label[8i, 8j]."""
     def taps(n_in: int, n_out: int) -> np.ndarray:
         ratio = np.float32((n_in - 1) / (n_out - 1)) if n_out > 1 else np.float32(0.0)
         return (ratio * np.arange(n_out, dtype=np.float32)).astype(np.int64)

@@ -76,10 +76,11 @@ def create_model(name: str, *, num_classes: int, **kwargs: Any) -> nn.Module:
 
 
 def model_for(m: Any, kind: Literal["pretrain", "cam", "seg"], num_classes: int) -> nn.Module:
-    """The net of a pipeline stage from a `ModelConfig`: kind "seg" (the segmentation net,
-    `num_classes` outputs), "cam" (the CAM classifier, `num_classes - 1` foreground outputs) or
-    "pretrain" (the small trunk's single-digit classifier, `num_classes - 1` outputs).
-    `num_classes` counts the background."""
+    """The net of a pipeline stage from a `ModelConfig`: kind "seg", "cam" or "pretrain".
+
+    "seg": the segmentation net, `num_classes` outputs; "cam": the CAM classifier, `num_classes - 1`
+    foreground outputs; "pretrain": the small trunk's single-digit classifier, `num_classes - 1`
+    outputs. `num_classes` counts the background."""
     name = m.classifier if kind in ("cam", "pretrain") else m.segmentation
     dtype = jnp.dtype(getattr(m, "dtype", "float32"))
     if kind == "pretrain" and name != "small":

@@ -20,8 +20,10 @@ from dsrg_jax.models.layers import CLASSIFIER_INIT, CONV_INIT, ZEROS, caffe_max_
 
 
 class SmallTrunk(nn.Module):
-    """`len(widths)` blocks of `convs_per_block` 3x3 convs + ReLU; a Caffe max pool 3/2/1 after
-    every block but the last. x: float[B, H, W, 3] -> float[B, h, w, widths[-1]]."""
+    """The small nets' trunk. x: float[B, H, W, 3] -> float[B, h, w, widths[-1]].
+
+    `len(widths)` blocks of `convs_per_block` 3x3 convs + ReLU; a Caffe max pool 3/2/1 after every
+    block but the last."""
 
     widths: Sequence[int] = (32, 64, 128)
     convs_per_block: int = 2
@@ -93,8 +95,9 @@ class SmallCAM(nn.Module):
 
 
 class SmallClassifier(nn.Module):
-    """The trunk's pretraining net (the digits' stand-in for the ImageNet classifier): trunk,
-    GAP, linear classifier. images: float[B, H, W, 3] -> (logits float32[B, F], features
+    """The trunk's pretraining net (the digits' stand-in for the ImageNet classifier).
+
+    Trunk, GAP, linear classifier. images: float[B, H, W, 3] -> (logits float32[B, F], features
     float32[B, h, w, widths[-1]]), the interface of `SmallCAM`."""
 
     num_classes: int = 10
@@ -113,8 +116,9 @@ class SmallClassifier(nn.Module):
 
 
 class SmallDeepLab(nn.Module):
-    """DeepLab-ASPP-L in miniature: trunk, then one branch per dilation (fc6 3x3 dilated, ReLU,
-    dropout, fc7 1x1, ReLU, dropout, classifier 1x1, N(0, 0.01)); branch logits summed.
+    """DeepLab-ASPP-L in miniature: trunk, then one branch per dilation; branch logits summed.
+
+    Each branch: fc6 3x3 dilated, ReLU, dropout, fc7 1x1, ReLU, dropout, classifier 1x1, N(0, 0.01).
 
     images: float[B, H, W, 3] -> logits float32[B, h, w, num_classes].
     """

@@ -146,8 +146,10 @@ def downsample_image(
     pylayers.py: `zoom(im, (1, 1, 41 / H, 41 / W), order=1)` on the mean-subtracted image, then the
     mean added back and `np.round`, passed to the CRF as uint8. Here `pixel = x * std + mean` is
     applied after the bilinear (corner-aligned) zoom, then rounded half-to-even and clipped to
-    [0, 255]. With the defaults (Caffe BGR input) the result is BGR; the CRF treats the three
-    channels alike, so BGR and RGB give the same CRF.
+    [0, 255]. With the defaults (Caffe BGR input) the result is BGR, the order the official CRF
+    sees. Channel order matters for the permutohedral lattice (its embedding treats each feature
+    axis differently): BGR and RGB give slightly different CRFs; only the exact kernel is
+    unchanged by it.
 
     Args:
       images: float[B, H, W, 3], the network input (mean-subtracted, e.g. BGR - (104, 117, 123)).

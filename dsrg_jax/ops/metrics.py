@@ -3,19 +3,29 @@
 Standard protocol: one confusion matrix over the whole split, pixels whose ground truth is 255
 ignored, IoU = TP / (TP + FP + FN) per class, mIoU = mean over all classes. A class that appears
 neither in the ground truth nor in the predictions has no IoU (NaN) and is left out of the mean;
-a class with a union but no true positive counts as 0 (the official DSRG script dropped those: a
-bug).
+a class with a union but no true positive counts as 0.
+
+The official scripts' formulas, by `mean_iou(formula=...)` (`MIOU_FORMULAS`):
+  "voc-official": `training/tools/evaluate.py` `jaccard`: the mean over the classes with
+    TP > 0 only (a class never predicted right is left out, which raises the mean);
+  "coco-official": `test-coco-f.py` / `test-coco.py`: TP / max(1, union) averaged over all C
+    classes (a class absent from both counts 0).
+All three agree when every class has TP > 0 (a trained net on the full VOC or COCO val).
 
 Per-batch counts are int32 on the device; accumulate them on the host in int64 (`np.add`), since
 a large split (e.g. COCO val) has more pixels than int32 holds.
 """
 from __future__ import annotations
 
+from typing import Literal
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 IGNORE_INDEX = 255
+MiouFormula = Literal["standard", "voc-official", "coco-official"]
+MIOU_FORMULAS: tuple[str, ...] = ("standard", "voc-official", "coco-official")
 
 
 def confusion_matrix(pred: jax.Array, gt: jax.Array, num_classes: int, *,
@@ -52,9 +62,28 @@ def iou_per_class(confusion: np.ndarray) -> np.ndarray:
         return np.where(union > 0, tp / np.maximum(union, 1), np.nan)
 
 
-def mean_iou(confusion: np.ndarray) -> float:
-    """Mean IoU over the classes that have one (see module doc); NaN for an empty matrix."""
+def check_miou_formula(formula: str) -> str:
+    """`formula` if it is one of `MIOU_FORMULAS`, else ValueError naming them."""
+    if formula not in MIOU_FORMULAS:
+        raise ValueError(f"miou formula must be one of {list(MIOU_FORMULAS)}, got {formula!r}")
+    return formula
+
+
+def mean_iou(confusion: np.ndarray, formula: MiouFormula = "standard") -> float:
+    """Mean IoU of a confusion matrix int[C, C] (see module doc for the formulas).
+
+    "standard": over the classes with a union; "voc-official": over the classes with TP > 0;
+    "coco-official": TP / max(1, union) over all C classes. NaN when no class qualifies.
+    """
+    check_miou_formula(formula)
+    confusion = np.asarray(confusion, dtype=np.int64)
+    if formula == "coco-official":
+        tp = np.diag(confusion)
+        union = confusion.sum(axis=0) + confusion.sum(axis=1) - tp
+        return float(np.mean(tp / np.maximum(1, union))) if len(tp) else float("nan")
     iou = iou_per_class(confusion)
+    if formula == "voc-official":
+        iou = np.where(np.diag(confusion) > 0, iou, np.nan)
     return float(np.nanmean(iou)) if np.any(~np.isnan(iou)) else float("nan")
 
 

@@ -17,9 +17,10 @@ from jax import lax
 
 
 def feature_tables(h: int, w: int, xy: float, rgb: float | None) -> list[np.ndarray]:
-    """densecrf's feature values `x / xy, y / xy (, c / rgb for c in 0..255)`, as float32 tables
-    computed here with IEEE division (XLA may divide through a reciprocal, which rounds
-    differently and would move lattice points)."""
+    """densecrf's feature values as float32 tables computed here with IEEE division.
+
+    The values are `x / xy, y / xy (, c / rgb for c in 0..255)`. XLA may divide through a
+    reciprocal, which rounds differently and would move lattice points."""
     tables = [np.arange(w, dtype=np.float32) / np.float32(xy),
               np.arange(h, dtype=np.float32) / np.float32(xy)]
     if rgb is not None:
@@ -92,8 +93,9 @@ def _lex_less(a: jax.Array, b: jax.Array) -> jax.Array:
 
 
 def _lookup(table: jax.Array, queries: jax.Array) -> jax.Array:
-    """Slot (1-based row of `table`) of each query key, 0 where absent. table: int32[E, nw],
-    sorted lexicographically (sentinel rows last); queries: int32[Q, nw]. Binary search."""
+    """Slot (1-based row of `table`) of each query key, 0 where absent, by binary search.
+
+    table: int32[E, nw], sorted lexicographically (sentinel rows last); queries: int32[Q, nw]."""
     e = table.shape[0]
     # Bounds built from the inputs (not constants) so the loop traces under shard_map with its
     # varying-axis check on.
@@ -113,8 +115,9 @@ def _lookup(table: jax.Array, queries: jax.Array) -> jax.Array:
 
 
 def _lattice_build(index: jax.Array, tables: Sequence[np.ndarray]):
-    """Permutohedral lattice of the features `tables[k][index[:, k]]` (pydensecrf
-    `Permutohedral::init`, SSE build). index: int32[N, d]; tables: d float32 numpy tables.
+    """Permutohedral lattice of the features `tables[k][index[:, k]]`.
+
+    pydensecrf `Permutohedral::init`, SSE build. index: int32[N, d]; tables: d float32 numpy tables.
 
     Returns offsets int32[N, d+1] (vertex slots, 1-based), weights float[N, d+1] (barycentric) and
     neighbours int32[d+1, 2, E+1] (blur neighbours per axis, slot 0 = absent), E = N' * (d+1).

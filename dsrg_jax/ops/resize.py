@@ -10,7 +10,9 @@ half-pixel centres shift the cells):
     Linear interpolation between the two neighbouring samples. scipy's default mode="constant"
     gives cval (0) to a sample whose double-precision position rounds past `in - 1`; this happens
     on the last output line for some size pairs (e.g. 500 -> 281, 4 -> 375), and is reproduced
-    here unless `scipy_edge=False`.
+    here unless `scipy_edge=False`. The official scripts zoom the raw 0-255 image and subtract
+    the mean afterwards, so that line reaches the net black (0 - mean), and zoom the raw logits
+    (the line adds 0 to the scale sum): zoom before normalising, as `dsrg_jax.inference` does.
   * DeepLab-Caffe's Interp layer with `shrink_factor: f` (the retrain stage's `label_shrink`):
     output side `(in - 1) // f + 1`, output k samples the input at
     `k * ((in - 1) / (out - 1))` in float32, bilinearly. For a 321 crop and f = 8 the positions

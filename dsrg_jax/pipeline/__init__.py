@@ -1,6 +1,7 @@
-"""The DSRG pipeline as stages over a workdir: [pretrain ->] cues -> dsrg -> pseudo -> retrain
--> eval. One module per stage (a short story each: inputs, loop, outputs); `stages.STAGE_TABLE`
-says what each builds and reads; `runner.run` runs them in order, skipping finished ones."""
+"""The DSRG pipeline as workdir stages: [pretrain ->] cues -> dsrg -> pseudo -> retrain -> eval.
+
+One module per stage (a short story each: inputs, loop, outputs); `stages.STAGE_TABLE` says what
+each builds and reads; `runner.run` runs them in order, skipping finished ones."""
 from dsrg_jax.pipeline.runner import run
 from dsrg_jax.pipeline.stages import STAGE_TABLE, STAGES
 from dsrg_jax.pipeline.workdir import Experiment

@@ -37,9 +37,11 @@ def _mask_transform(size: int) -> T.Transform:
 
 
 def cam_val_miou(exp: Experiment, cam_predict, variables) -> dict:
-    """mIoU of the CAM segmentation on val: each pixel the present class with the largest
-    normalised CAM, or background where none reaches `cues.bg_cam_threshold` (image labels from
-    the ground truth, CAMs upsampled bilinearly)."""
+    """mIoU of the CAM segmentation on val.
+
+    Each pixel is the present class with the largest normalised CAM, or background where none
+    reaches `cues.bg_cam_threshold` (image labels from the ground truth, CAMs upsampled
+    bilinearly)."""
     cfg, size = exp.cfg, exp.cfg.data.input_size
     source = exp.dataset.source(cfg.data, "val", with_saliency=False)
     ev = Evaluator(cfg.data.num_classes)
@@ -58,9 +60,11 @@ def cam_val_miou(exp: Experiment, cam_predict, variables) -> dict:
 
 
 class BgThresholdCurve:
-    """The low-CAM background rule (background where the strongest present CAM < t; config
-    `cues.bg_cam_threshold`) over a range of t, accumulated over the train batches the cue
-    stage already passes through the CAM net (no second pass).
+    """The low-CAM background rule over a range of thresholds t, from the cue stage's CAM batches.
+
+    The rule: background where the strongest present CAM < t (config `cues.bg_cam_threshold`).
+    Accumulated over the train batches the cue stage already passes through the CAM net (no second
+    pass).
 
     Per t: precision / recall / IoU / mIoU of the seed cues against the ground truth on the cue
     grid, and the mIoU of the CAM segmentation at the input size (as `cam_val_miou`).
@@ -108,8 +112,10 @@ class BgThresholdCurve:
         return cfg.data.saliency_dir is None and has_masks(source)
 
     def add(self, cams: jax.Array, gb: dict, grid_masks: jax.Array) -> None:
-        """One global batch: cams float[B, h, w, C-1], gb's "labels", "mask" uint8[B, H, W]
-        and "valid", grid_masks uint8[B, h, w] (the masks on the cue grid)."""
+        """Adds one global batch (cams, gb, grid_masks).
+
+        cams float[B, h, w, C-1], gb's "labels", "mask" uint8[B, H, W] and "valid", grid_masks
+        uint8[B, h, w] (the masks on the cue grid)."""
         cc, cm = self._counts(cams, gb["labels"][:, 1:], gb["mask"], grid_masks, gb["valid"])
         self.cue_counts += replicated_to_host(cc).astype(np.int64)   # the whole global batch
         # The counts already cover every process's rows: only process 0 adds them, so the

@@ -89,7 +89,20 @@ def import_cues(exp: Experiment) -> dict:
     check_cues_cover(cueset, train_ids, path, cfg.data.train_split)
     if is_writer():
         cueset.save(exp.path("cues.npz"))
-    return {"source": str(path), "num_images": len(cueset)}
+    # Coverage over the train images: the fraction of grid cells with a cue (any class), and
+    # per class the fraction of cells with a cue of that class.
+    cells, per_class = 0, np.zeros(cueset.num_classes, np.int64)
+    for image_id in train_ids:
+        n = cueset.index_of(image_id)
+        lo, hi = cueset.offsets[n], cueset.offsets[n + 1]
+        cells += len(set(zip(cueset.cue_row[lo:hi].tolist(), cueset.cue_col[lo:hi].tolist())))
+        per_class += np.bincount(cueset.cue_class[lo:hi], minlength=cueset.num_classes)
+    total = max(1, len(train_ids) * int(np.prod(cueset.grid_size)))
+    coverage = {"cells": cells / total, "per_class": (per_class / total).tolist()}
+    log(f"[cues] imported {path}: {100 * coverage['cells']:.1f}% of the train grid cells carry "
+        f"a cue")
+    return {"source": str(path), "num_images": len(cueset), "grid": list(cueset.grid_size),
+            "coverage": coverage}
 
 
 def run_cues(exp: Experiment) -> dict:

@@ -27,8 +27,9 @@ from dsrg_jax.train.logging import is_writer
 
 
 class SupervisionHook:
-    """Supervision quality (precision / recall / IoU of the cues against the ground truth on the
-    output grid) per epoch: epoch 0 = the original cues, epoch e = the grown cues of the e-th
+    """Supervision quality (precision / recall / IoU of the cues vs the ground truth) per epoch.
+
+    Measured on the output grid. Epoch 0 = the original cues, epoch e = the grown cues of the e-th
     pass over the train split (the paper's Fig. 4). Kept in the checkpoints (`state`)."""
 
     def __init__(self, steps_per_epoch: float, num_classes: int):
@@ -75,10 +76,11 @@ class SupervisionHook:
 
 
 class GrowthSnapshots:
-    """The grown cues and CRF prediction of a few fixed train images, taken from the training
-    step's own outputs whenever one of them is in a batch, written at every epoch end as
-    dsrg/growth/epoch_<e>.npz {images, cues, grown, pred, masks, final} (epoch 0: the original
-    cues, before training). A flipped copy is mirrored back, so every epoch lines up."""
+    """The grown cues and CRF prediction of a few fixed train images, written at every epoch end.
+
+    Taken from the training step's own outputs whenever one of them is in a batch, written as
+    dsrg/growth/epoch_<e>.npz {images, cues, grown, pred, masks, final} (epoch 0: the original cues,
+    before training). A flipped copy is mirrored back, so every epoch lines up."""
 
     def __init__(self, exp: Experiment, source, indices, grid: tuple[int, int]):
         self.dir = exp.path("dsrg", "growth")

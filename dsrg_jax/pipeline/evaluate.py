@@ -41,7 +41,7 @@ def evaluate_model(exp: Experiment, predict, variables, *, crf: bool, tag: str,
     """
     cfg = exp.cfg
     source = exp.dataset.source(cfg.data, "val", with_saliency=False)
-    ev = Evaluator(cfg.data.num_classes)
+    ev = Evaluator(cfg.data.num_classes, cfg.eval.miou_formula)
     keep = cfg.run.num_figure_images if samples is not None else 0
     if samples is not None:
         samples.update(ids=[], images=[], gt=[], pred=[], pred_crf=[])

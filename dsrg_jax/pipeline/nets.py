@@ -29,10 +29,12 @@ Net = tuple[Any, Any, InputConvention]   # (flax module, variables, input conven
 
 
 def build_model(cfg: Config, stage: str, backbone: Any = None) -> Net:
-    """(model, variables, input convention) of a stage's net, initialised from `run.seed` plus
-    the stage's seed offset. Real nets start from ImageNet weights (`model.init_weights`; the
-    CAM net from `model.classifier_init_weights` when given); the small digits nets from the
-    pretrained trunk `backbone` (params of the "backbone" subtree) when given."""
+    """(model, variables, input convention) of a stage's net.
+
+    Initialised from `run.seed` plus the stage's seed offset. Real nets start from ImageNet
+    weights (`model.init_weights`; the CAM net from `model.classifier_init_weights` when given);
+    the small digits nets from the pretrained trunk `backbone` (params of the "backbone" subtree)
+    when given."""
     spec = STAGE_TABLE[stage]
     m = cfg.model
     model = model_for(m, spec.model, cfg.data.num_classes)
@@ -55,8 +57,9 @@ def build_model(cfg: Config, stage: str, backbone: Any = None) -> Net:
 
 
 def _caffe_init(model: Any, rng: jax.Array, path: str, name: str, kind: str) -> Any:
-    """DeepLab-v2 VGG16 variables from an official Caffe model (e.g. the authors' init
-    vgg16_20M_mc.caffemodel, or a DSRG snapshot); the classifiers it lacks keep their init."""
+    """DeepLab-v2 VGG16 variables from an official Caffe model; missing classifiers keep their init.
+
+    E.g. the authors' init vgg16_20M_mc.caffemodel, or a DSRG snapshot."""
     if kind != "seg" or name != "deeplab_vgg16":
         raise ConfigError(f"a .caffemodel ({path}) can start the deeplab_vgg16 segmentation net "
                           f"only; this stage builds a {kind} net ({name})")
@@ -124,8 +127,9 @@ def _optimiser_and_state(exp: Experiment, stage: str, variables: Any):
 def train_stage(exp: Experiment, stage: str, *, variables: Any, make_step: Callable,
                 source: Any, transform: Callable, hook: Any = None,
                 on_step: Callable | None = None) -> tuple[Any, dict]:
-    """Trains a stage's net from `variables` to its `max_steps` (resuming from the stage's
-    latest checkpoint); returns (final variables, the last logged metrics).
+    """Trains a stage's net from `variables` to its `max_steps`.
+
+    Resumes from the stage's latest checkpoint; returns (final variables, the last logged metrics).
 
     make_step: optimiser -> jitted (state, batch) -> (state, aux) (`dsrg_jax.train.steps`).
     """

@@ -29,8 +29,10 @@ PREDICTING_STAGES = ("dsrg", "retrain")
 
 
 def predict_source(exp: Experiment, split_name: str):
-    """The images of any split by name (VOC ImageSets/Segmentation/<name>.txt or an id-list
-    path, COCO DATA_DIR/<name>, digits "train" / "val"), without masks or labels."""
+    """The images of any split by name, without masks or labels.
+
+    VOC ImageSets/Segmentation/<name>.txt or an id-list path, COCO DATA_DIR/<name>, digits "train" /
+    "val"."""
     return exp.dataset.images_of(exp.cfg.data, split_name)
 
 

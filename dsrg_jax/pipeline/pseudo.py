@@ -27,8 +27,9 @@ from dsrg_jax.train.logging import is_writer, log
 
 
 def write_list(exp: Experiment, ids, name: str):
-    """WORKDIR/<name>: the image ids, one per line (the split file other frameworks read beside
-    the PNG folder); written by process 0."""
+    """WORKDIR/<name>: the image ids, one per line; written by process 0.
+
+    The split file other frameworks read beside the PNG folder."""
     path = exp.path(name)
     if is_writer():
         write_id_list(path, list(ids))

@@ -28,9 +28,10 @@ RUNNERS = {"pretrain": run_pretrain, "cues": run_cues, "dsrg": run_dsrg, "pseudo
 
 
 def run_stage(exp: Experiment, stage: str) -> dict:
-    """Runs one stage unless it is done (its info is then returned as it was written), and
-    marks it done with its info and wall time. Every process calls it: done or not is process
-    0's reading; a signal some process got before or during the stage stops all of them with
+    """Runs one stage unless it is done, and marks it done with its info and wall time.
+
+    A done stage's info is returned as it was written. Every process calls it: done or not is
+    process 0's reading; a signal some process got before or during the stage stops all of them with
     `Preempted` naming the stage (it is not marked done)."""
     if (info := exp.done(stage)) is not None:
         log(f"[{stage}] done already; skipping")
@@ -46,8 +47,10 @@ def run_stage(exp: Experiment, stage: str) -> dict:
 
 
 def _named(stage: str, fn, *args, **kwargs):
-    """`fn(*args, **kwargs)` unless a process got a signal before it; a `Preempted` from an
-    inference pass, which does not know its stage, is raised again naming `stage`."""
+    """`fn(*args, **kwargs)` unless a process got a signal before it.
+
+    A `Preempted` from an inference pass, which does not know its stage, is raised again naming
+    `stage`."""
     if signum := agreed_stop():
         raise Preempted(signum, stage)
     try:
@@ -59,8 +62,9 @@ def _named(stage: str, fn, *args, **kwargs):
 
 
 def check_training_batches(cfg: Config, stages, num_devices: int, process_count: int) -> None:
-    """Raises ConfigError when a training stage to run has a global batch the hosts cannot
-    share (each host loads global batch / process count examples)."""
+    """Raises ConfigError when a training stage to run has a global batch the hosts cannot share.
+
+    Each host loads global batch / process count examples."""
     for stage in stages:
         if not stage_trains(cfg, stage):
             continue
@@ -74,11 +78,12 @@ def check_training_batches(cfg: Config, stages, num_devices: int, process_count:
 
 def run(cfg: Config, workdir, *, stages=STAGES, num_devices: int | None = None,
         predict: str | None = None) -> dict:
-    """Runs the given stages in order (each skipped when done); returns results.json's dict
-    (or the last stage's info). With `predict` (a split name): then `predict_split` of that
-    split with the final net, its info under the key "predict". One run per workdir: a second
-    one is refused while this one holds the workdir's lock (`LockHeld`, on every process).
-    SIGTERM / Ctrl-C to any process: `Preempted` on all of them."""
+    """Runs the given stages in order (each skipped when done); returns the run's results.
+
+    The results: results.json's dict (or the last stage's info). With `predict` (a split name):
+    then `predict_split` of that split with the final net, its info under the key "predict". One
+    run per workdir: a second one is refused while this one holds the workdir's lock (`LockHeld`,
+    on every process). SIGTERM / Ctrl-C to any process: `Preempted` on all of them."""
     with WorkdirLock(workdir), Signals():
         return _run_locked(cfg, workdir, stages=stages, num_devices=num_devices,
                            predict=predict)

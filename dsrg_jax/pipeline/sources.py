@@ -21,8 +21,9 @@ def cam_transform(size: int, flip: bool = True) -> T.Transform:
 
 def dsrg_transform(size: int, grid: tuple[int, int], *, with_mask: bool,
                    flip: bool = True) -> T.Transform:
-    """DSRG stage: warp + flip with the cues; the ground truth on the grid (for supervision
-    quality only, never for training) as "grid_mask"."""
+    """DSRG stage: warp + flip with the cues; the ground truth on the grid as "grid_mask".
+
+    The grid mask is for supervision quality only, never for training."""
     fields = ("image", "labels", "cues") + (("mask",) if with_mask else ())
     base = T.warp_transform(size, cue_size=grid[0], fields=fields, flip=flip)
 
@@ -36,8 +37,9 @@ def dsrg_transform(size: int, grid: tuple[int, int], *, with_mask: bool,
 
 
 def retrain_transform(crop: int, grid: tuple[int, int], flip: bool = True) -> T.Transform:
-    """Retrain stage: random crop (255-padded labels) + flip; labels brought to the output grid
-    as Caffe's Interp layer does (`transforms.interp_labels`: label[8i, 8j] for 321 -> 41)."""
+    """Retrain stage: random crop (255-padded labels) + flip; labels brought to the output grid.
+
+    As Caffe's Interp layer does (`transforms.interp_labels`: label[8i, 8j] for 321 -> 41)."""
     base = T.crop_transform(crop, fields=("image", "mask"), flip=flip)
 
     def apply(rec: Record, rng: np.random.Generator) -> dict:
@@ -50,9 +52,10 @@ def retrain_transform(crop: int, grid: tuple[int, int], flip: bool = True) -> T.
 
 def inference_transform(canvas: int | None, *, with_mask: bool,
                         with_labels: bool = True) -> T.Transform:
-    """Inference: the image padded bottom/right to canvas x canvas (mean colour), its size kept
-    in "hw"; the mask padded with 255. Images larger than the canvas are an error. canvas None:
-    the image as it is (batches of one image)."""
+    """Inference: the image padded bottom/right to canvas x canvas (mean colour), its size kept.
+
+    The size is kept in "hw"; the mask is padded with 255. Images larger than the canvas are an
+    error. canvas None: the image as it is (batches of one image)."""
 
     def apply(rec: Record, rng: np.random.Generator) -> dict:
         del rng
@@ -86,7 +89,8 @@ def inference_transform(canvas: int | None, *, with_mask: bool,
 
 
 def dsrg_train_source(cfg: Config, source, cueset):
-    """The dsrg stage's train source with the image-level labels `data.labels_from` names:
+    """The dsrg stage's train source with the image-level labels `data.labels_from` names.
+
     "masks": `source` as is; "cues": the cue set's labels (`CueLabelSource`)."""
     if cfg.data.labels_from == "masks":
         return source

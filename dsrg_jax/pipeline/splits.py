@@ -23,8 +23,9 @@ from dsrg_jax.train.loop import Preempted, Signals, agreed_stop
 
 
 def inference_batch(batch: int, num_devices: int, process_count: int | None = None) -> int:
-    """`batch` rounded up to a multiple of the mesh's device count (and of the process count):
-    inference batches (pseudo, eval, cue extraction) then split evenly over hosts and devices
+    """`batch` rounded up to a multiple of the mesh's device count (and of the process count).
+
+    Inference batches (pseudo, eval, cue extraction) then split evenly over hosts and devices
     whatever their number; the pipeline marks the extra rows invalid and they are skipped."""
     if batch <= 0:
         raise ConfigError(f"inference batch must be positive, got {batch} (--eval-batch-size)")
@@ -35,9 +36,10 @@ def inference_batch(batch: int, num_devices: int, process_count: int | None = No
 
 def iterate(exp: Experiment, source: Any, transform: Callable,
             batch: int | None) -> Iterator[tuple[dict, dict]]:
-    """(host batch numpy, global batch) over a split once, each host its share; `batch` is
-    rounded up to a multiple of the device count (`inference_batch`). batch None: one image per
-    host at a time (images of different sizes; the device rows are padding).
+    """(host batch numpy, global batch) over a split once, each host its share.
+
+    `batch` is rounded up to a multiple of the device count (`inference_batch`). batch None: one
+    image per host at a time (images of different sizes; the device rows are padding).
 
     Raises `Preempted` (stage None) on every process, before the next batch, once any process
     got SIGTERM / SIGINT (all processes agree on it at each batch)."""
@@ -69,22 +71,26 @@ def has_masks(source: Any) -> bool:
 
 
 def canvas_side(exp: Experiment) -> int | None:
-    """The side of the canvases inference pads images to: `eval.canvas`, or the images' own
-    side when they all have one; None: every image alone at its own size."""
+    """The side of the canvases inference pads images to.
+
+    `eval.canvas`, or the images' own side when they all have one; None: every image alone at its
+    own size."""
     return exp.cfg.eval.canvas or exp.dataset.image_side(exp.cfg.data)
 
 
 def inference_batch_of(exp: Experiment, batch: int) -> int | None:
-    """The inference batch for `iterate`: `batch`, or None (one image per host) when there is
-    no canvas (images of any size, each alone as the official scripts run them)."""
+    """The inference batch for `iterate`: `batch`, or None (one image per host) without a canvas.
+
+    No canvas: images of any size, each alone as the official scripts run them."""
     return batch if canvas_side(exp) is not None else None
 
 
 def segment_batch(exp: Experiment, predict: Callable, variables: Any, hb: dict, gb: dict, *,
                   mode: str, crf: bool, restrict: bool = False) -> list:
-    """`inference.segment_canvases` of a batch with the config's protocol: mode "pseudo"
-    (warps to `pseudo.sizes`, as the pseudo-label stage) or "eval" (`eval.scales` and
-    `eval.flip`, aspect kept)."""
+    """`inference.segment_canvases` of a batch with the config's protocol: "pseudo" or "eval".
+
+    Mode "pseudo" warps to `pseudo.sizes`, as the pseudo-label stage; mode "eval" uses `eval.scales`
+    and `eval.flip`, aspect kept."""
     cfg = exp.cfg
     kw = (dict(sizes=tuple(cfg.pseudo.sizes)) if mode == "pseudo"
           else dict(scales=tuple(cfg.eval.scales), flip=cfg.eval.flip))

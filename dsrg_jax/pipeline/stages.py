@@ -58,8 +58,9 @@ STAGES = tuple(STAGE_TABLE)
 
 
 def stage_trains(cfg: Config, stage: str) -> bool:
-    """Whether `stage` trains a net in this config (pretraining and retraining can be off, and
-    an imported cue file replaces the CAM classifier)."""
+    """Whether `stage` trains a net in this config.
+
+    Pretraining and retraining can be off, and an imported cue file replaces the CAM classifier."""
     return {"pretrain": cfg.pretrain.enabled, "cues": not cfg.data.cues_file, "dsrg": True,
             "retrain": cfg.retrain.enabled}.get(stage, False)
 

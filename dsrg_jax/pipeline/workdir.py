@@ -70,10 +70,11 @@ class Experiment:
         return self.workdir.joinpath(*parts)
 
     def done(self, stage: str) -> dict | None:
-        """The info a finished stage wrote, or None when it has not finished: process 0's
-        reading, the same on every process (call it on all of them: with several processes it
-        is a collective), so a stale view of a shared filesystem on one host cannot make the
-        hosts disagree on what to run."""
+        """The info a finished stage wrote, or None when it has not finished.
+
+        Process 0's reading, the same on every process (call it on all of them: with several
+        processes it is a collective), so a stale view of a shared filesystem on one host cannot
+        make the hosts disagree on what to run."""
         text = b""
         if jax.process_index() == 0:
             p = self.path(stage, "done.json")
@@ -89,9 +90,10 @@ class Experiment:
 
 
 def check_processes_agree(cfg: Config, workdir: pathlib.Path) -> None:
-    """With several processes: ConfigError unless every process runs the same config (the
-    message names each differing field and its two values) and sees the same workdir (a folder
-    all hosts share: process 0 writes a token, every process must read it back)."""
+    """With several processes: ConfigError unless all run the same config and see the same workdir.
+
+    The message names each differing field and its two values. The workdir must be a folder all
+    hosts share: process 0 writes a token, every process must read it back."""
     if jax.process_count() == 1:
         return
     digest = np.frombuffer(hashlib.sha256(cfg.to_json().encode()).digest(), np.uint8)
@@ -130,9 +132,10 @@ def write_json_atomic(path: pathlib.Path, value: Any) -> None:
 
 def config_differences(old: dict, new: Config | dict, *,
                        skip: tuple[str, ...] = RESUMABLE_FIELDS) -> list[str]:
-    """'field: old -> new' for each field of `new` (a Config, or a dict of one) that differs
-    from the saved config `old` (a dict read from config.json), the fields in `skip` left out.
-    A field the saved config lacks (written by an older version) counts as its default
+    """'field: old -> new' for each field of `new` that differs from the saved config `old`.
+
+    `new` is a Config, or a dict of one; `old` is a dict read from config.json. The fields in `skip`
+    are left out. A field the saved config lacks (written by an older version) counts as its default
     value."""
     new_flat = flatten(new if isinstance(new, dict) else json.loads(new.to_json()))
     old_flat = flatten(old)
@@ -148,8 +151,10 @@ def config_differences(old: dict, new: Config | dict, *,
 
 
 def check_resumed_config(cfg: Config, path: pathlib.Path) -> None:
-    """Raises ConfigError when `path` (the workdir's config.json from an earlier run) holds a
-    config that differs from `cfg` in more than the logging fields (`RESUMABLE_FIELDS`)."""
+    """Raises ConfigError when the saved config at `path` differs from `cfg` beyond logging fields.
+
+    `path` is the workdir's config.json from an earlier run; the logging fields are
+    `RESUMABLE_FIELDS`."""
     if not path.is_file():
         return
     try:

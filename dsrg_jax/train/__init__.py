@@ -1,5 +1,7 @@
-"""Training: config, Caffe-SGD optimiser, jitted steps over a device mesh, the resumable loop,
-checkpoints, metrics writers and the pipeline stages (cues -> dsrg -> pseudo -> retrain -> eval).
+"""Training: config, optimiser, jitted steps, the resumable loop, checkpoints, metrics, stages.
+
+The Caffe-SGD optimiser, jitted steps over a device mesh, the resumable loop, checkpoints, metrics
+writers and the pipeline stages (cues -> dsrg -> pseudo -> retrain -> eval).
 
 Vocabulary:
     cfg = experiments.configs.digits.get_config()            # or voc / coco

@@ -34,8 +34,9 @@ class LockHeld(RuntimeError):
 
 
 class LockUnsupported(LockHeld):
-    """The workdir's filesystem refuses file locks (a `LockHeld`: the run is refused the same
-    way)."""
+    """The workdir's filesystem refuses file locks.
+
+    A `LockHeld`: the run is refused the same way."""
 
 
 def _describe(holder: dict) -> str:
@@ -138,8 +139,10 @@ _ERRORS = {"LockHeld": LockHeld, "LockUnsupported": LockUnsupported}
 
 
 def _share_outcome(error: BaseException | None) -> BaseException | None:
-    """Process 0's lock outcome on every process: None (taken) or the error to raise, the same
-    class and message as process 0's (an `OSError` keeps its errno and file name)."""
+    """Process 0's lock outcome on every process: None (taken) or the error to raise.
+
+    The error has the same class and message as process 0's (an `OSError` keeps its errno and file
+    name)."""
     outcome = {}
     if error is not None:
         outcome = {"type": type(error).__name__, "message": str(error)}

@@ -26,8 +26,10 @@ def _plain(value: Any) -> Any:
 
 
 class MetricsWriter:
-    """Appends scalar metrics to `workdir/metrics.jsonl` and TensorBoard events in
-    `workdir/tensorboard/<stage>`. On processes other than 0 every call does nothing.
+    """Appends scalar metrics to `workdir/metrics.jsonl` and TensorBoard events.
+
+    The events go to `workdir/tensorboard/<stage>`. On processes other than 0 every call does
+    nothing.
 
     Args:
       workdir: experiment folder.
@@ -70,8 +72,10 @@ class MetricsWriter:
                     board.add_scalar(k, v, int(step))
 
     def resume(self, stage: str, step: int) -> int:
-        """Drops the metrics.jsonl rows of `stage` past `step` (written after the checkpoint a
-        resumed run restarts from), so the log has each step once; returns how many."""
+        """Drops the metrics.jsonl rows of `stage` past `step`; returns how many.
+
+        Those rows were written after the checkpoint a resumed run restarts from; dropping them
+        leaves each step in the log once."""
         if not self.enabled:
             return 0
         self._jsonl.close()
@@ -111,8 +115,9 @@ class MetricsWriter:
 
 
 def progress(total: int, initial: int, desc: str):
-    """A tqdm bar with ETA on stderr, one line per stage; silent when stderr is not a terminal
-    or on processes other than 0."""
+    """A tqdm bar with ETA on stderr, one line per stage.
+
+    Silent when stderr is not a terminal or on processes other than 0."""
     from tqdm import tqdm
 
     return tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, leave=True,

@@ -106,9 +106,10 @@ class Signals:
 
 
 def agreed_stop() -> int:
-    """The signal number some process received while `Signals` is installed (0: none, or not
-    installed), the same on every process. A collective with several processes: every
-    process calls it at the same point of the same loop."""
+    """The signal number some process received while `Signals` is installed, same on every process.
+
+    0: none, or not installed. A collective with several processes: every process calls it at the
+    same point of the same loop."""
     got = np.asarray([Signals._received or 0], np.int32)
     return int(gather_over_processes(got).max()) if jax.process_count() > 1 else int(got[0])
 

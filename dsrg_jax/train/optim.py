@@ -45,8 +45,9 @@ def _is_classifier(path: tuple[str, ...]) -> bool:
 
 
 def lr_multipliers(params: Any, cfg: OptimConfig) -> Any:
-    """Pytree like `params` of floats: Caffe lr_mult per leaf (weights 1, biases 2, classifier
-    weights 10, classifier biases 20, with the config's values)."""
+    """Pytree like `params` of floats: Caffe lr_mult per leaf.
+
+    Weights 1, biases 2, classifier weights 10, classifier biases 20, with the config's values."""
     flat = traverse_util.flatten_dict(params)
     out = {}
     for path in flat:

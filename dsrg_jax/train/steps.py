@@ -132,25 +132,29 @@ def make_cam_train_step(model: nn.Module, tx, convention: InputConvention, mesh,
 
 
 def caffe_floor(probs: jax.Array, floor: float = MIN_PROB) -> jax.Array:
-    """`P < floor -> floor` in the forward pass, the gradient of P passed through unchanged: the
-    official CRF layer floors the softmax blob in place (`probs[probs < min_prob] = min_prob`),
-    which the CRF, the growth and both losses then read, while the softmax's backward is
-    computed from its own inputs. probs: float[B, h, w, C]."""
+    """`P < floor -> floor` in the forward pass, the gradient of P passed through unchanged.
+
+    The official CRF layer floors the softmax blob in place (`probs[probs < min_prob] = min_prob`),
+    which the CRF, the growth and both losses then read, while the softmax's backward is computed
+    from its own inputs. probs: float[B, h, w, C]."""
     return probs + lax.stop_gradient(jnp.maximum(probs, floor) - probs)
 
 
 def crf_image(images: jax.Array, grid: tuple[int, int]) -> jax.Array:
-    """The training CRF's image as the official CRF layer makes it: the Caffe blob (BGR minus
-    the mean) zoomed to the grid with scipy's order-1 zoom, the mean added back, rounded.
-    images: uint8[B, H, W, 3] RGB -> uint8[B, h, w, 3] BGR. (With the permutohedral lattice the
-    channel order changes the result; the exact kernel does not depend on it.)"""
+    """The training CRF's image as the official CRF layer makes it.
+
+    The Caffe blob (BGR minus the mean) zoomed to the grid with scipy's order-1 zoom, the mean added
+    back, rounded. images: uint8[B, H, W, 3] RGB -> uint8[B, h, w, 3] BGR. (With the permutohedral
+    lattice the channel order changes the result; the exact kernel does not depend on it.)"""
     bgr = images.astype(jnp.float32)[..., ::-1] - jnp.asarray(CAFFE_MEAN_BGR, jnp.float32)
     return downsample_image(bgr, tuple(grid), mean=CAFFE_MEAN_BGR)
 
 
 def grow_options(cfg: DSRGConfig) -> dict[str, Any]:
-    """`dsrg_grow`'s keyword arguments from the config: the thresholds and the foreground /
-    background growth switches (the ablation's "foreground only" / "background only" rows)."""
+    """`dsrg_grow`'s keyword arguments from the config.
+
+    The thresholds and the foreground / background growth switches (the ablation's
+    "foreground only" / "background only" rows)."""
     return dict(theta_fg=cfg.theta_fg, theta_bg=cfg.theta_bg, grow_fg=cfg.grow_fg,
                 grow_bg=cfg.grow_bg)
 
@@ -260,9 +264,10 @@ def make_retrain_step(model: nn.Module, tx, convention: InputConvention, mesh) -
 
 
 def make_predict(model: nn.Module, convention: InputConvention) -> Callable:
-    """(variables, images uint8[B, H, W, 3]) -> the model's eval-mode output: logits
-    float32[B, h, w, C] for a segmentation net, (logits float[B, F], features float[B, h, w, K])
-    for the CAM classifier."""
+    """(variables, images uint8[B, H, W, 3]) -> the model's eval-mode output.
+
+    Logits float32[B, h, w, C] for a segmentation net, (logits float[B, F], features
+    float[B, h, w, K]) for the CAM classifier."""
 
     @jax.jit
     def predict(variables, images):

@@ -9,8 +9,10 @@ from dsrg_jax.data.files import VOC_PALETTE
 
 
 def cue_colours(cues: np.ndarray, palette: np.ndarray = VOC_PALETTE) -> np.ndarray:
-    """Multi-hot cues bool[H, W, C] -> uint8[H, W, 3]: the colour of the pixel's highest cue class
-    (background black, as in VOC), the VOC "void" colour (224, 224, 192) where it has no cue."""
+    """Multi-hot cues bool[H, W, C] -> uint8[H, W, 3].
+
+    Each pixel gets the colour of its highest cue class (background black, as in VOC), the VOC
+    "void" colour (224, 224, 192) where it has no cue."""
     cues = np.asarray(cues, dtype=bool)
     label = np.where(cues.any(-1), cues.shape[-1] - 1 - np.argmax(cues[..., ::-1], -1), 0)
     rgb = palette[label % len(palette)].astype(np.uint8)
@@ -44,8 +46,10 @@ def overlay(image: np.ndarray, label: np.ndarray, *, alpha: float = 0.6,
 
 
 def to_rgb(panel: Any, palette: np.ndarray = VOC_PALETTE) -> np.ndarray:
-    """A panel as uint8[H, W, 3]: bool[H, W, C] cues -> `cue_colours`; int[H, W] label map ->
-    `label_colours`; RGB uint8[H, W, 3] (or float in [0, 1]) as it is."""
+    """A panel as uint8[H, W, 3].
+
+    bool[H, W, C] cues -> `cue_colours`; int[H, W] label map -> `label_colours`; RGB uint8[H, W, 3]
+    (or float in [0, 1]) as it is."""
     panel = np.asarray(panel)
     if panel.dtype == bool and panel.ndim == 3:
         return cue_colours(panel, palette)

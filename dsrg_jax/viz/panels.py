@@ -73,9 +73,11 @@ def _panel_grid(path: str | os.PathLike, rows: Sequence[Sequence[Any]], col_titl
                 class_names: Sequence[str] | None = None,
                 legend_classes: Sequence[int] | None = None, panel_size: float = 2.2,
                 aspect: str = "equal") -> None:
-    """Draws rows of panels (see `to_rgb`); a legend of `legend_classes` (default: the classes in
-    the cue and label panels) when `class_names` is given. aspect "auto" stretches every panel
-    to the same square box (cue grids cover the whole image warped to a square)."""
+    """Draws rows of panels (see `to_rgb`), with a legend when `class_names` is given.
+
+    The legend shows `legend_classes` (default: the classes in the cue and label panels). aspect
+    "auto" stretches every panel to the same square box (cue grids cover the whole image warped to a
+    square)."""
     plt = _pyplot()
     n_rows, n_cols = len(rows), len(col_titles)
     legend = class_names is not None
@@ -107,8 +109,9 @@ def _panel_grid(path: str | os.PathLike, rows: Sequence[Sequence[Any]], col_titl
 
 
 def save_growth_figure(path: str | os.PathLike, rows: Sequence[dict], *, title: str = "") -> None:
-    """One row per image: panels named by the dict keys (cue maps bool[H, W, C], label maps
-    int[H, W] or RGB uint8[H, W, 3]).
+    """One row per image: panels named by the dict keys.
+
+    Panels: cue maps bool[H, W, C], label maps int[H, W] or RGB uint8[H, W, 3].
 
     Args:
       path: PNG to write.
@@ -319,9 +322,10 @@ def save_overlay_figure(
 
 def save_ablation_bars(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]], *,
                        title: str = "Ablation: val mIoU over seeds") -> None:
-    """The ablation table as bars: per row its mean val mIoU (%) with a +-1 std error bar and
-    every seed's value as a dot; beside it, the paper's VOC value where it has one (its own
-    panel: a different dataset, so compare orderings, not levels).
+    """The ablation table as bars, beside the paper's VOC value where it has one.
+
+    Per row its mean val mIoU (%) with a +-1 std error bar and every seed's value as a dot; the
+    paper's VOC value gets its own panel (a different dataset, so compare orderings, not levels).
 
     rows: dicts with "group", "row", "miou" (per-seed fractions, None where missing), "mean" and
     "std" (fractions; absent when a seed is missing) and "paper_voc_val" (percent or None), as

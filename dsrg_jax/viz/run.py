@@ -1,7 +1,8 @@
-"""Figures of a run (PNG, matplotlib, VOC palette colours), written by `write_all` into
-workdir/figures: cue growth (the paper's Fig. 1), supervision quality per epoch (Fig. 4), per-class
-IoU of the dsrg and retrain nets, prediction overlays without / with the CRF, and the quality of
-the low-CAM background rule over its threshold."""
+"""Figures of a run (PNG, matplotlib, VOC palette colours), written by `write_all`.
+
+Written into workdir/figures: cue growth (the paper's Fig. 1), supervision quality per epoch
+(Fig. 4), per-class IoU of the dsrg and retrain nets, prediction overlays without / with the CRF,
+and the quality of the low-CAM background rule over its threshold."""
 from __future__ import annotations
 
 import pathlib
@@ -37,9 +38,10 @@ def supervision_figure(path, records: Sequence[dict]) -> None:
 
 def growth_figure(path, growth_dir: pathlib.Path, num_classes: int, max_epochs: int = 5,
                   class_names: Sequence[str] | None = None) -> bool:
-    """Rows: images; columns: image, original cues, grown cues at several epochs, CRF prediction
-    of the last snapshot, ground truth (on the output grid); a legend of the classes shown.
-    False if there are no snapshots."""
+    """The cue growth figure (rows: images); False if there are no snapshots.
+
+    Columns: image, original cues, grown cues at several epochs, CRF prediction of the last
+    snapshot, ground truth (on the output grid); a legend of the classes shown."""
     files = sorted(growth_dir.glob("epoch_*.npz"))
     if not files:
         return False
@@ -84,9 +86,11 @@ def growth_figure(path, growth_dir: pathlib.Path, num_classes: int, max_epochs: 
 
 
 def class_iou_figure(path, evals: dict, class_names: Sequence[str]) -> bool:
-    """Per-class val IoU of each evaluated net (e.g. dsrg and retrain) side by side: bars in the
-    class colours, one hatch per net, dashed mIoU lines. evals: {net: {"iou_per_class": [...],
-    "miou": float}} (fractions; None = class absent). False if there is nothing to draw."""
+    """Per-class val IoU of each evaluated net (e.g. dsrg and retrain) side by side.
+
+    Bars in the class colours, one hatch per net, dashed mIoU lines. evals: {net:
+    {"iou_per_class": [...], "miou": float}} (fractions; None = class absent). False if there is
+    nothing to draw."""
     evals = {k: v for k, v in evals.items() if v.get("iou_per_class")}
     if not evals:
         return False
@@ -117,9 +121,11 @@ def class_iou_figure(path, evals: dict, class_names: Sequence[str]) -> bool:
 
 
 def overlay_figure(path, samples: dict, class_names: Sequence[str], net: str) -> bool:
-    """A few fixed val images: image, prediction without CRF, with CRF (if it ran), ground truth,
-    as overlays. samples: {"ids", "images", "gt", "pred", "pred_crf"} lists (see
-    `dsrg_jax.pipeline.evaluate.evaluate_model`). False if there are none."""
+    """Overlays of a few fixed val images; False if there are none.
+
+    Image, prediction without CRF, with CRF (if it ran), ground truth, as overlays. samples:
+    {"ids", "images", "gt", "pred", "pred_crf"} lists (see
+    `dsrg_jax.pipeline.evaluate.evaluate_model`)."""
     if not samples or not samples.get("images"):
         return False
     crf = samples["pred_crf"] if all(p is not None for p in samples["pred_crf"]) else None
@@ -131,8 +137,9 @@ def overlay_figure(path, samples: dict, class_names: Sequence[str], net: str) ->
 
 
 def bg_threshold_figure(path, curve: dict) -> None:
-    """Quality of the low-CAM background rule over its threshold t on train: cue precision,
-    recall, IoU and the CAM segmentation mIoU; the configured t marked."""
+    """Quality of the low-CAM background rule over its threshold t on train.
+
+    Cue precision, recall, IoU and the CAM segmentation mIoU; the configured t marked."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5, 3.4))
     ts = curve["thresholds"]

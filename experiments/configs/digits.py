@@ -43,8 +43,9 @@ SIZE = 56
 
 def adam(lr: float = 1e-3, *, batch_size: int, max_steps: int, schedule: str = "step",
          **kw) -> OptimConfig:
-    """Adam as every digits stage uses it: no weight decay, no extra lr on the last layers;
-    schedule "step" as the official DSRG stage (x0.33 at 2/3 of the steps)."""
+    """Adam as every digits stage uses it: no weight decay, no extra lr on the last layers.
+
+    Schedule "step" as the official DSRG stage (x0.33 at 2/3 of the steps)."""
     if schedule == "step":
         kw.setdefault("step_size", max(1, max_steps * 2 // 3))
     return OptimConfig(optimizer="adam", base_lr=lr, schedule=schedule, batch_size=batch_size,
