@@ -103,8 +103,9 @@ class Setting:
 
 
 def _synthetic_cues(mask: np.ndarray, grid: int, num_classes: int, rng) -> np.ndarray:
-    """bool[grid, grid, C] CAM-like cues from a ground-truth mask (used when no cue file exists):
-    foreground where >= 30% of a grid cell is the digit, background on 60% of the pure-bg cells."""
+    """bool[grid, grid, C] CAM-like cues from a ground-truth mask (used when no cue file exists).
+
+    Foreground where >= 30% of a grid cell is the digit, background on 60% of the pure-bg cells."""
     out = np.zeros((grid, grid, num_classes), bool)
     for c in np.unique(mask):
         frac = cv2.resize((mask == c).astype(np.float32), (grid, grid),
@@ -117,8 +118,10 @@ def _synthetic_cues(mask: np.ndarray, grid: int, num_classes: int, rng) -> np.nd
 
 
 def digits_source(num_images: int, grid: tuple[int, int], cues_path: pathlib.Path | None):
-    """The digits train split (56x56) with cues: a cue file of the digits run (CueSet .npz, 15x15,
-    11 classes) when given, else synthetic CAM-like cues from the masks. Returns (source, origin).
+    """The digits train split (56x56) with cues. Returns (source, origin).
+
+    The cues: a cue file of the digits run (CueSet .npz, 15x15, 11 classes) when given, else
+    synthetic CAM-like cues from the masks.
 
     Synthetic by default: they are deterministic, and a run's cue file depends on how well that
     run's CAM classifier trained."""
@@ -163,7 +166,9 @@ def _init(model, hw: tuple[int, int]):
 
 def build_setting(name: str, cues_path: pathlib.Path | None, batch: int | None = None,
                   size: int | None = None) -> Setting:
-    """(1) digits: SmallDeepLab of experiments/configs/digits.py, 56x56, batch 20, 11 classes;
+    """The `Setting` of `name`: "digits" (56x56, batch 20) or "vgg16" (161x161, batch 2).
+
+    (1) digits: SmallDeepLab of experiments/configs/digits.py, 56x56, batch 20, 11 classes;
     (2) vgg16: DeepLabV2VGG16 (random init, Caffe input), 161x161, batch 2, 21 classes."""
     sys.path.insert(0, str(ROOT))
     from experiments.configs.digits import get_config
@@ -318,8 +323,9 @@ def torch_input(images: torch.Tensor, convention) -> torch.Tensor:
 
 
 def torch_downsample(images: torch.Tensor, grid: tuple[int, int]) -> np.ndarray:
-    """The RGB image on the grid: corner-aligned bilinear zoom, rounded (= `downsample_image`
-    with mean 0). uint8[B, h, w, 3] RGB numpy; the CRF gets its channels reversed, as
+    """The RGB image on the grid, uint8[B, h, w, 3] numpy: corner-aligned bilinear zoom, rounded.
+
+    Equal to `downsample_image` with mean 0. The CRF gets its channels reversed, as
     `steps.crf_image` (the mean it subtracts and adds back cancels)."""
     x = F.interpolate(images.permute(0, 3, 1, 2).float(), size=grid, mode="bilinear",
                       align_corners=True)
@@ -349,8 +355,10 @@ def torch_balanced_seed_loss(probs: torch.Tensor, cues: torch.Tensor) -> torch.T
 
 
 def torch_constrain_loss(probs: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """mean_{n,h,w} sum_c Q log(clip(Q / P, 0.05, 20)), with the official CRF backward
-    dP += (1 - Q) * dL/dlogQ: log Q enters as a constant whose derivative in P is (1 - Q)."""
+    """mean_{n,h,w} sum_c Q log(clip(Q / P, 0.05, 20)), with the official CRF backward.
+
+    The backward is dP += (1 - Q) * dL/dlogQ: log Q enters as a constant whose derivative in P
+    is (1 - Q)."""
     log_q = torch.log(q) + (1.0 - q) * (probs - probs.detach())
     qq = torch.exp(log_q)
     return (qq * torch.log(torch.clamp(qq / probs, *CONSTRAIN_CLIP))).sum(-1).mean()
@@ -449,8 +457,9 @@ class JaxStep:
 
 
 def check_forward(s: Setting, net: TorchDeepLab) -> float:
-    """Max |JAX logits - torch logits| (eval mode, same weights), relative to max |logits|;
-    raises if above 1e-4."""
+    """Max |JAX logits - torch logits| (eval mode, same weights), relative to max |logits|.
+
+    Raises if above 1e-4."""
     x = s.convention.normalize(jnp.asarray(s.batch["image"], jnp.float32))
     ref = np.asarray(jax.jit(functools.partial(s.model.apply, train=False))(s.variables, x))
     net.eval()
@@ -465,8 +474,10 @@ def check_forward(s: Setting, net: TorchDeepLab) -> float:
 
 
 def check_step_parts(s: Setting, tstep: TorchStep) -> dict[str, Any]:
-    """After a torch step: its CRF image equals the JAX step's `steps.crf_image` (BGR, to 1 grey
-    level) and its grown cues equal `dsrg_grow` (JAX) on the same CRF output."""
+    """After a torch step: checks its CRF image and grown cues equal the JAX step's.
+
+    Its CRF image equals the JAX step's `steps.crf_image` (BGR, to 1 grey level) and its grown cues
+    equal `dsrg_grow` (JAX) on the same CRF output."""
     last = tstep.last
     ref_small = np.asarray(S.crf_image(jnp.asarray(s.batch["image"]), s.grid))
     small_diff = int(np.max(np.abs(ref_small.astype(int) - last["crf_small"].astype(int))))

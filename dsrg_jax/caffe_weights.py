@@ -354,16 +354,20 @@ def load_caffe_deeplab_vgg16(
 # -------------------------------------------------------------------------- command line
 
 
+CLI_DESCRIPTION = (
+    "Convert a DSRG / DeepLab-v2 VGG16 .caffemodel into DeepLabV2VGG16 Flax variables (msgpack; "
+    "read back with flax.serialization.msgpack_restore). Images for these weights: BGR, 0-255, "
+    "minus (104, 117, 123).")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    """The command line; a missing or unreadable .caffemodel -> one line (`--debug`: the
-    traceback)."""
+    """The command line; a missing or unreadable .caffemodel -> one line.
+
+    With `--debug`: the traceback."""
     from dsrg_jax import cli
 
-    parser = argparse.ArgumentParser(
-        prog="python -m dsrg_jax.caffe_weights",
-        description="Convert a DSRG / DeepLab-v2 VGG16 .caffemodel into DeepLabV2VGG16 Flax "
-                    "variables (msgpack; read back with flax.serialization.msgpack_restore). "
-                    "Images for these weights: BGR, 0-255, minus (104, 117, 123).")
+    parser = argparse.ArgumentParser(prog="python -m dsrg_jax.caffe_weights",
+                                     description=CLI_DESCRIPTION)
     parser.add_argument("caffemodel", help="IN.caffemodel")
     parser.add_argument("--out", help="OUT.msgpack")
     parser.add_argument("--num-classes", type=int, default=21,

@@ -62,8 +62,10 @@ def confusion_matrix_np(pred: np.ndarray, gt: np.ndarray, num_classes: int, *,
 
 
 class Evaluator:
-    """One confusion matrix over a split, accumulated image by image on each host and summed
-    across hosts at the end: the one way everything scores (the pipeline, `evaluate_dirs`).
+    """One confusion matrix over a split: the one way everything scores.
+
+    Accumulated image by image on each host and summed across hosts at the end; the pipeline and
+    `evaluate_dirs` both score with it.
 
         ev = Evaluator(21)
         for pred, gt in ...: ev.add(pred, gt)
@@ -94,8 +96,9 @@ class Evaluator:
         return counts[:-1].reshape(self.confusion.shape), int(counts[-1])
 
     def result(self) -> dict:
-        """mIoU, pixel accuracy and per-class IoU (fractions; None for a class absent from both
-        ground truth and predictions) over all processes."""
+        """mIoU, pixel accuracy and per-class IoU (fractions) over all processes.
+
+        The IoU of a class absent from both ground truth and predictions is None."""
         confusion, n = self.total()
         iou = iou_per_class(confusion)
         return {"miou": mean_iou(confusion, self.miou_formula),
@@ -229,8 +232,9 @@ def evaluate_dirs(gt_dir: PathLike, pred_dir: PathLike, *, num_classes: int = 21
 
 
 def main(argv: Sequence[str] | None = None) -> Scores:
-    """The command line; predictions that cannot be scored -> one line naming every bad file,
-    exit status 2 (`--debug`: the traceback)."""
+    """The command line; predictions that cannot be scored -> one line naming every bad file.
+
+    Exit status 2 then (`--debug`: the traceback)."""
     from dsrg_jax import cli
 
     parser = argparse.ArgumentParser(prog="python -m dsrg_jax.evaluate", description=__doc__,

@@ -1,5 +1,6 @@
-"""Multi-scale inference as the official test scripts: scales or warps, logits at full size,
-summed, softmax, the full-resolution CRF, argmax.
+"""Multi-scale inference as the official test scripts: summed multi-scale logits, CRF, argmax.
+
+The steps: scales or warps, logits at full size, summed, softmax, the full-resolution CRF, argmax.
 
 The official protocol (`test-ms-f.py` for evaluation, `test-ms.py` for pseudo-labels; every
 setting with its source in docs/fidelity.md): the image resampled with
@@ -76,8 +77,9 @@ def _call(apply_fn: ApplyFn, variables: Any, x: jax.Array) -> jax.Array:
 def multi_scale_logits(apply_fn: ApplyFn, images: jax.Array | np.ndarray, *,
                        variables: Any = None, scales: Sequence[float] = DEFAULT_SCALES,
                        flip: bool = False, normalize: Normalize = "caffe") -> jax.Array:
-    """Sum over scales (and flips) of full-size logits of equal-size images (`canvas_logits`
-    with every image filling the canvas). images: [B, H, W, 3] -> float32[B, H, W, C].
+    """Summed full-size logits of equal-size images: [B, H, W, 3] -> float32[B, H, W, C].
+
+    The sum is over scales (and flips); this is `canvas_logits` with every image filling the canvas.
 
     `normalize` turns the RGB images into network input ("caffe", "torchvision", None, ...).
     """
@@ -153,9 +155,10 @@ def canvas_logits(apply_fn: ApplyFn, images: jax.Array | np.ndarray, hw: jax.Arr
                   sizes: Sequence[int] | None = None, flip: bool = False,
                   normalize: Normalize = "caffe", fill: Sequence[float] = MEAN_RGB_UINT8,
                   scipy_edge: bool = True) -> jax.Array:
-    """Multi-scale logits of a batch of images of different sizes, each at the top left of a
-    canvas: the batch the training pipeline gives (and may shard over devices: the arrays keep
-    their sharding, one jitted call per scale).
+    """Multi-scale logits of a batch of images of different sizes, each at the top left of a canvas.
+
+    This is the batch the training pipeline gives (and may shard over devices: the arrays keep their
+    sharding, one jitted call per scale).
 
     Each image's real region is zoomed on its own (as the official scripts zoom each image) and
     padded after scaling, and its logits come from the output cells its region covers: the

@@ -38,9 +38,10 @@ class Segmentation:
 
 
 def normalize_images(images: jax.Array, normalize: Normalize) -> jax.Array:
-    """uint8/float[B, H, W, 3] RGB -> float32 network input: an input convention's name
-    ("caffe", "torchvision" / "imagenet": `dsrg_jax.convention`), None (as float32) or a
-    function."""
+    """uint8/float[B, H, W, 3] RGB -> float32 network input, by `normalize`.
+
+    `normalize`: an input convention's name ("caffe", "torchvision" / "imagenet":
+    `dsrg_jax.convention`), None (as float32) or a function."""
     if callable(normalize):
         return jnp.asarray(normalize(images), jnp.float32)
     x = jnp.asarray(images, jnp.float32)

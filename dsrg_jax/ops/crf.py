@@ -1,5 +1,6 @@
-"""Fully connected CRF (Krähenbühl & Koltun, NIPS 2011) for DSRG: in JAX on the training grid, and
-pydensecrf2 on the host at full resolution.
+"""Fully connected CRF (Krähenbühl & Koltun, NIPS 2011) for DSRG, in JAX and on the host.
+
+In JAX on the training grid, and pydensecrf2 on the host at full resolution.
 
 Model (pydensecrf's defaults, which the official SEC/DSRG `krahenbuhl2013` wrapper also uses): per
 image of N pixels and C classes, unary energy `U` (`-P` for unary="prob", the official training
@@ -216,8 +217,9 @@ def check_crf_inputs(fn: str, images, probs, params: CRFParams, batched: bool) -
 
 
 def unary_energy(probs, unary: str, floor: float = 0.0, xp=jnp):
-    """-P ("prob") or -log P ("logprob"), P first raised to `floor` (at least float32's tiny
-    for the log)."""
+    """The unary energy: -P ("prob") or -log P ("logprob"), P first raised to `floor`.
+
+    For the log, P is raised to at least float32's tiny."""
     probs = probs.astype(xp.float32)
     if floor > 0.0:
         probs = xp.maximum(probs, np.float32(floor))

@@ -69,8 +69,10 @@ def zoom_factor_size(size: int, zoom: float) -> int:
 
 
 def _scipy_zeroes_last(src: np.ndarray | int, dst: np.ndarray | int) -> np.ndarray:
-    """Whether scipy's zoom of src samples to dst (broadcast ints >= 1) gives its last output
-    line cval: that line's float64 position (dst-1) * ((src-1) / (dst-1)) exceeds src - 1."""
+    """Whether scipy's zoom of src samples to dst (broadcast ints >= 1) gives its last line cval.
+
+    Its last output line is cval when that line's float64 position (dst-1) * ((src-1) / (dst-1))
+    exceeds src - 1."""
     num = np.asarray(src, np.int64) - 1
     den = np.asarray(dst, np.int64) - 1
     zoom = np.divide(num, den, out=np.ones(np.broadcast(num, den).shape), where=den > 0)

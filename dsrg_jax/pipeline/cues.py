@@ -38,9 +38,10 @@ CARD_IMAGES = 500   # train images measured for the dataset card (`mask_statisti
 
 
 def check_cues_cover(cueset: CueSet, ids, path: pathlib.Path, split: str) -> None:
-    """Raises DatasetError (one line) unless every id of the train split has cues in `cueset`
-    (imported from `path`): says how many are missing, shows a few, and for the SEC pickle
-    where its input_list.txt must lie."""
+    """Raises DatasetError (one line) unless every train id has cues in `cueset` (from `path`).
+
+    Every id of the train split must have cues in `cueset` (imported from `path`); the error says
+    how many are missing, shows a few, and for the SEC pickle where its input_list.txt must lie."""
     missing = [i for i in ids if i not in cueset]
     if not missing:
         return

@@ -3,9 +3,10 @@ from dsrg_jax.config import Config, DataConfig, EvalConfig, PseudoConfig
 
 
 def get_config() -> Config:
-    """The VOC recipe on COCO (81 classes) with the official COCO scripts' test protocol:
-    pseudo-labels from a single 481 warp (`test-coco.py`), evaluation at scale 1 only
-    (`test-coco-f.py`). The official repository has no COCO training prototxt or solver, so
+    """The VOC recipe on COCO (81 classes) with the official COCO scripts' test protocol.
+
+    The test protocol: pseudo-labels from a single 481 warp (`test-coco.py`), evaluation at scale 1
+    only (`test-coco-f.py`). The official repository has no COCO training prototxt or solver, so
     training is the VOC recipe. Images are up to 640 px: a 640 canvas for batched inference (a
     deviation for speed, as VOC's; `eval.canvas=None` / `--canvas 0` is the official
     one-image-at-a-time protocol)."""
