@@ -84,7 +84,7 @@ def get_config(quick: bool = False) -> Config:
         # 27.2 with step x0.33 at 2/3, same pseudo-labels; docs/results.md).
         retrain=RetrainConfig(optim=adam(batch_size=20, max_steps=steps[2])),
         eval=EvalConfig(scales=(0.75, 1.0, 1.25), crf=True, batch_size=100, canvas=None),
-        run=RunConfig(seed=0, checkpoint_every=100 if not quick else 20,
+        run=RunConfig(seed=0, checkpoint_every=100 if not quick else 50,
                       log_every=20 if not quick else 10,
                       image_log_every=100 if not quick else 30),
     )
