@@ -50,7 +50,7 @@ def main(argv=None) -> dict:
         sys.exit(f"error: --seeds must be >= 1, got {args.seeds}")
     if (args.seeds > 1 or args.ablation_rows) and not args.ablation:
         sys.exit("error: --seeds and --ablation-rows need --ablation")
-    common.init_distributed(args)
+    common.init_jax(args)
     common.check_num_devices(args)
     from experiments.configs.digits import get_config
 

@@ -1,15 +1,23 @@
-"""Test set-up: 8 simulated CPU devices and the location of the shared real data.
+"""Test set-up: 8 simulated CPU devices, the location of the shared real data, and a compile cache.
 
 The XLA flag must be set before JAX initialises its backend, so it is set here, at import time of
 the conftest, before any test module imports jax.
 """
 import os
 import pathlib
+import shutil
+import tempfile
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# The experiments' persistent compilation cache (dsrg_jax.compile_cache): one new folder per test
+# run, made by the first process that loads this file (the xdist controller; its workers and the
+# runs they start inherit the variable), never the user's ~/.cache; removed by its maker at the end.
+_MADE_COMPILE_CACHE = "DSRG_JAX_COMPILE_CACHE" not in os.environ
+if _MADE_COMPILE_CACHE:
+    os.environ["DSRG_JAX_COMPILE_CACHE"] = tempfile.mkdtemp(prefix="dsrg_jax_test_xla_")
 
 import pytest  # noqa: E402
 
@@ -18,6 +26,12 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = pathlib.Path(
     os.environ.get("DSRG_SHARED_DATA", REPO_ROOT.parent / "shared" / "data")
 ).resolve()
+
+
+def pytest_unconfigure(config):
+    """The process that made the run's compile cache folder removes it."""
+    if _MADE_COMPILE_CACHE:
+        shutil.rmtree(os.environ["DSRG_JAX_COMPILE_CACHE"], ignore_errors=True)
 
 
 def shared_path(*parts: str) -> pathlib.Path:

@@ -326,3 +326,44 @@ def test_a_damaged_final_checkpoint_of_a_finished_stage_is_refused_naming_its_fo
     assert f"the final checkpoint (step 2) of the dsrg stage in {folder} is damaged" in err
     assert str(exp.path("dsrg", "done.json")) in err
     assert not exp.path("pseudo", "done.json").exists()
+
+
+COMPILE_SCRIPT = """
+import sys
+import jax, jax.numpy as jnp
+from dsrg_jax import compile_cache
+where = compile_cache.enable(sys.argv[1], min_compile_secs=0)
+x = jnp.ones((64, 64))
+print(where, float(jax.jit(lambda a: jnp.sin(a) @ a.T)(x).sum()))
+"""
+
+
+def test_the_compile_cache_keeps_compiled_programs_and_off_keeps_none(tmp_path):
+    """`dsrg_jax.compile_cache.enable(DIR)` makes JAX write its executables to DIR, a second
+    process gives the same result from them; "off" writes nothing."""
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    env.update(JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO), XLA_FLAGS="")
+    cache = tmp_path / "cache"
+    outs = [subprocess.run([sys.executable, "-c", COMPILE_SCRIPT, str(cache)], env=env,
+                           capture_output=True, text=True, timeout=300, check=True).stdout
+            for _ in range(2)]
+    assert outs[0] == outs[1] and outs[0].startswith(str(cache))
+    assert [p for p in cache.iterdir() if p.name.startswith("jit_")], list(cache.iterdir())
+    off = subprocess.run([sys.executable, "-c", COMPILE_SCRIPT, "off"], env=env, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300, check=True).stdout
+    assert off.startswith("None ") and not (tmp_path / "off").exists()
+
+
+def test_an_unusable_compile_cache_folder_is_one_line(tmp_path):
+    """--compile-cache under a plain file: exit 1 before any work, one line naming the folder."""
+    (tmp_path / "file").write_text("x")
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO), "XLA_FLAGS": ""}
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    bad = tmp_path / "file" / "cache"
+    proc = subprocess.run([sys.executable, "-m", "experiments.digits", "--quick", "--workdir",
+                           str(tmp_path / "w"), "--compile-cache", str(bad)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith(f"error: --compile-cache: {bad}: ") and "off" in proc.stderr
+    assert not (tmp_path / "w").exists()
