@@ -11,6 +11,10 @@ not change (the executable is the same); `--quick` on the 2-core CPU takes 2 min
 Where: `--compile-cache DIR` of the experiments, else the environment variable
 DSRG_JAX_COMPILE_CACHE, else ~/.cache/dsrg_jax/xla ($XDG_CACHE_HOME when set); "off" turns it
 off. A JAX_COMPILATION_CACHE_DIR set by the user wins over all of these (JAX reads it itself).
+
+JAX writes an entry in place (not by rename), so a process killed in the middle of a write can
+leave a truncated entry; JAX then warns "Error reading persistent compilation cache entry" and
+compiles that program again on every run. Deleting the folder clears it.
 """
 from __future__ import annotations
 
