@@ -59,5 +59,4 @@ def enable(path: str | os.PathLike | None, *,
                       str(folder)) from e
     jax.config.update("jax_compilation_cache_dir", str(folder))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_secs))
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     return str(folder)

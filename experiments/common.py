@@ -182,8 +182,7 @@ def init_jax(args) -> None:
     from dsrg_jax import compile_cache
 
     try:
-        compile_cache.enable(args.compile_cache if getattr(args, "compile_cache", None)
-                             else compile_cache.default_dir())
+        compile_cache.enable(args.compile_cache or compile_cache.default_dir())
     except OSError as e:
         sys.exit(f"error: --compile-cache: {cli.one_line(e)}")
 

@@ -222,10 +222,10 @@ def _agree_across_layouts(ref, other):
     its classifier sits on the label prior and leaves it: losses within 5e-3 relative up to step
     100 (measured 1 x 1 and 2 x 4 against 1 x 8: 2.4e-4, 4.4e-5); later the runs part a little
     (5.4e-3, 6.6e-3 relative at steps 110-200; the test allows 3e-2) and the CAM mIoU ends within
-    0.01 (measured 0.0004,
-    0.0047). The dsrg and retrain stages do not stay on one trajectory: a rounding difference
-    flips a growth decision and the runs part (dsrg mIoU 0.0038, 0.0058 apart, retrain 0.0102,
-    0.0069), so for them the test asks for the same steps and mIoU within 0.03."""
+    0.01 (measured 0.0004, 0.0047). The dsrg and retrain stages do not stay on one trajectory: a
+    rounding difference flips a growth decision and the runs part (dsrg mIoU 0.0038, 0.0058
+    apart, retrain 0.0102, 0.0069), so for them the test asks for the same steps and mIoU within
+    0.03."""
     a, b = _losses(ref, skip="pretrain"), _losses(other, skip="pretrain")
     assert set(a) == set(b) and len(a) > 10
     ra = json.loads((ref / "results.json").read_text())
