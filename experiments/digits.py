@@ -1,7 +1,7 @@
 """The whole DSRG pipeline on the embedded digits dataset, on a CPU, from scratch.
 
-    python -m experiments.digits                 # full run (about 11 minutes on 2 CPU cores)
-    python -m experiments.digits --quick         # reduced run (about 4 minutes)
+    python -m experiments.digits                 # full run (6-14 minutes on 2 CPU cores)
+    python -m experiments.digits --quick         # reduced run (3-5 minutes)
     python -m experiments.digits --ablation --seeds 3   # + the paper's ablation, 3 seeds
 
 Writes WORKDIR/results.json ({"miou": {"cues", "dsrg", "retrain"}, "supervision": [...]}),

@@ -183,17 +183,49 @@ def test_a_full_or_read_only_workdir_is_one_line_on_stderr(monkeypatch, tmp_path
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def test_num_devices_above_the_device_count_is_one_line_from_the_command_line(tmp_path):
-    """The real CLI in a fresh process (one CPU device): exit 1, one line naming the flag, no
-    traceback, nothing written."""
+@pytest.mark.parametrize("cpu_flags,have", [((), 2), (("--cpu-devices", "3"), 3)])
+def test_num_devices_above_the_device_count_is_one_line_from_the_command_line(tmp_path,
+                                                                              cpu_flags, have):
+    """The real CLI in a fresh process with no device count in the environment: JAX makes
+    --cpu-devices CPU devices (default 2, one per core of the documented machine); --num-devices
+    above that is exit 1, one line naming the flag and the count, no traceback, nothing
+    written."""
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO), "XLA_FLAGS": ""}
+    env.pop("JAX_NUM_CPU_DEVICES", None)
     proc = subprocess.run([sys.executable, "-m", "experiments.digits", "--quick", "--workdir",
-                           str(tmp_path / "w"), "--num-devices", "3"], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)
+                           str(tmp_path / "w"), "--num-devices", str(have + 1), *cpu_flags],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1, proc.stderr
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
-    assert proc.stderr.startswith("error: --num-devices must be in 1..1") and "got 3" in proc.stderr
+    assert proc.stderr.startswith(f"error: --num-devices must be in 1..{have} "), proc.stderr
+    assert f"got {have + 1}" in proc.stderr
     assert not (tmp_path / "w").exists()
+
+
+def test_cpu_devices_below_one_is_one_line(tmp_path):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO), "XLA_FLAGS": ""}
+    proc = subprocess.run([sys.executable, "-m", "experiments.digits", "--quick", "--workdir",
+                           str(tmp_path / "w"), "--cpu-devices", "0"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    assert proc.stderr == "error: --cpu-devices must be >= 1, got 0\n"
+    assert not (tmp_path / "w").exists()
+
+
+def test_cpu_devices_after_jax_started_keeps_its_devices_or_says_why_not():
+    """In a process where JAX already made its devices (here the tests' 8): the default and
+    the same count change nothing; another count is one line, not a RuntimeError."""
+    import jax
+
+    from experiments import common
+
+    common.set_cpu_devices(None)
+    common.set_cpu_devices(jax.device_count())
+    assert jax.device_count() == 8
+    with pytest.raises(SystemExit) as e:
+        common.set_cpu_devices(3)
+    assert str(e.value) == ("error: --cpu-devices 3: JAX already made its 8 CPU device(s) in "
+                            "this process; pass the flag to a fresh process")
 
 
 def test_an_image_with_a_corrupt_header_is_named_at_start(voc_dir, tmp_path, captured):

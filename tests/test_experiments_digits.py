@@ -76,21 +76,22 @@ def _all_background_miou(num_val: int) -> float:
 
 def test_quick_run_learns(quick_run):
     """--quick tests something: its CAM cues, its DSRG net and the retrained net clearly beat the
-    all-background score (measured on 8 devices: CAM 17.3, DSRG 14.8 (JAX 0.10.2) / 15.4 (JAX
-    0.12), retrain 10.8 / 12.3, against 6.9 on the 100 val images; on 1 device 17.2, 14.5, 11.7),
-    the growth raises the supervision's recall, and the cues' foreground lies on the objects.
-    (The full run's numbers are held by tests/test_digits_full_run.py.)"""
+    all-background score (measured on 8 devices: CAM 32.6, DSRG 15.0, retrain 10.5, against 6.9
+    on the 100 val images; before the cue stage's classifier multiplier CAM 17.3, DSRG 14.8,
+    retrain 10.8), the growth raises the supervision's recall, and the cues' foreground lies on
+    the objects (43% precise, 46% of the object cells covered). (The full run's numbers are held
+    by tests/test_digits_full_run.py.)"""
     workdir, _ = quick_run
     res = json.loads((workdir / "results.json").read_text())
     floor = _all_background_miou(100)
-    assert res["miou"]["cues"] > floor + 0.08, (res["miou"], floor)
+    assert res["miou"]["cues"] > floor + 0.15, (res["miou"], floor)
     assert res["miou"]["dsrg"] > floor + 0.05, (res["miou"], floor)
     assert res["miou"]["retrain"] > floor + 0.025, (res["miou"], floor)
     sup = res["supervision"]
     assert sup[-1]["recall"] > sup[0]["recall"] + 0.01, sup
     card = res["dataset"]
     assert 0.20 <= card["fg_fraction"] <= 0.35 and card["share_at_least_2_cells"] >= 0.9
-    assert card["cue_fg_recall"] >= 0.15 and card["cue_fg_precision"] >= 0.35, card
+    assert card["cue_fg_recall"] >= 0.30 and card["cue_fg_precision"] >= 0.35, card
 
 
 def test_eval_writes_palette_predictions_scores_and_all_figures(quick_run):

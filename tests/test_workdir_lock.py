@@ -132,7 +132,7 @@ def test_second_real_run_on_a_workdir_exits_at_once_and_the_first_is_unaffected(
     workdir = tmp_path / "w"
     cmd = [sys.executable, "-m", "experiments.digits", "--quick", "--stage", "pretrain",
            "--max-steps", "2", "--workdir", str(workdir)]
-    env = {**ENV, "XLA_FLAGS": ""}   # one CPU device: the cheapest run
+    env = {**ENV, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}   # the cheapest run
     with open(tmp_path / "first.log", "w") as log:
         first = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     try:
