@@ -214,19 +214,21 @@ def test_sigterm_then_rerun_gives_the_same_results(quick_run, tmp_path):
             assert a[k] == pytest.approx(b[k], abs=1e-6)
 
 
-CUE_STEPS_ON_ONE_TRAJECTORY = 100
+CUE_STEPS_ON_ONE_TRAJECTORY = 90
 
 
 def _agree_across_layouts(ref, other):
     """Two quick runs on different device / process layouts (the reduction order of the
     gradient sums differs, float rounding ~1e-7). The cues stage follows one trajectory while
-    its classifier sits on the label prior and leaves it: losses within 5e-3 relative up to step
-    100 (measured 1 x 1 and 2 x 4 against 1 x 8: 2.4e-4, 4.4e-5); later the runs part a little
-    (5.4e-3, 6.6e-3 relative at steps 110-200; the test allows 3e-2) and the CAM mIoU ends within
-    0.01 (measured 0.0004, 0.0047). The dsrg and retrain stages do not stay on one trajectory: a
-    rounding difference flips a growth decision and the runs part (dsrg mIoU 0.0038, 0.0058
-    apart, retrain 0.0102, 0.0069), so for them the test asks for the same steps and mIoU within
-    0.03."""
+    its classifier leaves the label prior: losses within 5e-3 relative up to step 90 (1 x 1
+    against 1 x 8: at most 5.2e-4); then minibatch noise amplifies the rounding (3.2e-3 at step
+    100, at most 3.3e-2 at steps 110-200; the test allows 6e-2) while the CAM mIoU ends within
+    0.01 (measured 0.0013). (Before the CAM classifier's 10x rate the classifier sat on the prior
+    for longer and the runs parted later: 5.4e-3 / 6.6e-3 at steps 110-200, mIoU 0.0004 /
+    0.0047 for 1 x 1 / 2 x 4.) The dsrg and retrain stages do not stay on one trajectory: a
+    rounding difference flips a growth decision and the runs part (dsrg mIoU 0.0008, retrain
+    0.0002 apart for 1 x 1; before 0.0038 / 0.0058 and 0.0102 / 0.0069), so for them the test
+    asks for the same steps and mIoU within 0.03."""
     a, b = _losses(ref, skip="pretrain"), _losses(other, skip="pretrain")
     assert set(a) == set(b) and len(a) > 10
     ra = json.loads((ref / "results.json").read_text())
@@ -234,7 +236,7 @@ def _agree_across_layouts(ref, other):
     for key in a:
         if key[0] == "cues":
             early = key[1] <= CUE_STEPS_ON_ONE_TRAJECTORY
-            assert b[key] == pytest.approx(a[key], rel=5e-3 if early else 3e-2, abs=1e-5), key
+            assert b[key] == pytest.approx(a[key], rel=5e-3 if early else 6e-2, abs=1e-5), key
     assert rb["miou"]["cues"] == pytest.approx(ra["miou"]["cues"], abs=0.01)
     for key in ("dsrg", "retrain"):
         assert rb["miou"][key] == pytest.approx(ra["miou"][key], abs=0.03), key
@@ -354,10 +356,10 @@ def _finish(procs, timeout=900):
 
 def _same_files(a, b, pattern, min_agreement=0.97):
     """The same files under both workdirs, each written completely (every id, every pixel); their
-    contents agree on at least `min_agreement` of the cue cells / pixels (measured 2x4 vs 1x8:
-    cues 97.8% (the test asks 95%: the cue stage's last 100 steps part a little), pseudo-labels
-    99.5%, dsrg predictions 99.3%, retrain 99.7%; see `_agree_across_layouts` for why not
-    all)."""
+    contents agree on at least `min_agreement` of the cue cells / pixels (measured 2x4 vs 1x8
+    before the CAM classifier's 10x rate: cues 97.8%, pseudo-labels 99.5%, dsrg predictions
+    99.3%, retrain 99.7%; after it, 1x1 vs 1x8: cues 94.4%, so the test asks 90%: the cue
+    stage's last 100 steps part; see `_agree_across_layouts` for why not all)."""
     import numpy as np
 
     from dsrg_jax.data.cues import load_cues
@@ -391,7 +393,9 @@ def test_two_processes_give_the_numbers_and_files_of_one(quick_run, tmp_path):
         assert rc == 0, out[-2000:] + err[-3000:]
     assert "devices: 8 (cpu), processes: 2" in results[0][1]
     _agree_across_layouts(eight, tmp_path / "two")
-    _same_files(eight, tmp_path / "two", "cues.npz", min_agreement=0.95)
+    # The cue stage's runs part after step ~100 (`_agree_across_layouts`): 1 x 1 against 1 x 8
+    # 94.4% of the cue cells alike (before the CAM classifier's 10x rate: 2 x 4 97.8%).
+    _same_files(eight, tmp_path / "two", "cues.npz", min_agreement=0.90)
     _same_files(eight, tmp_path / "two", "pseudo_labels/*.png")
     _same_files(eight, tmp_path / "two", "eval/*/predictions/*.png")
 
