@@ -158,9 +158,9 @@ pseudo-labels) -> **retrain** -> **eval** (multi-scale + CRF, val mIoU). It writ
 
 `DIGITS_FLAGS` below are the smallest settings, so that this notebook runs in about a minute;
 the numbers are then only a smoke test (all background). Remove `--max-steps 10 --batch-size 8`
-for the quick run (about 3 minutes on 2 CPU cores), and `--quick` too for the full run (about 11
-minutes on 2 cores; 40.7 val mIoU for the CAM cues and 33.0 for the DSRG net after its one
-epoch, the README's figures).'''),
+for the quick run (3-5 minutes on 2 CPU cores), and `--quick` too for the full run (6-14
+minutes on 2 cores, by the CPU; 39.4 val mIoU for the CAM cues and 32.1 for the DSRG net after
+its one epoch, the README's figures).'''),
         v4.new_code_cell(r'''import json
 
 DIGITS_DIR = WORKDIR / "digits"
