@@ -37,6 +37,17 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def _optim(cfg, part: str):
+    """The OptimConfig of a training part (its stage's)."""
+    return {"pretrain": cfg.pretrain, "cues": cfg.cues, "dsrg": cfg.dsrg,
+            "retrain": cfg.retrain}[part].optim
+
+
+def batch_size(cfg, part: str) -> int:
+    """The batch `part` runs at in the pipeline: its stage's, or the eval batch for predict."""
+    return cfg.eval.batch_size if part == "predict" else _optim(cfg, part).batch_size
+
+
 def _batch(cfg, part: str, grid, rng):
     """A host batch of `part`'s shape: images, labels (+ cues, pseudo-label maps)."""
     import numpy as np
@@ -44,16 +55,13 @@ def _batch(cfg, part: str, grid, rng):
     from dsrg_jax.data import transforms as T
     from dsrg_jax.data.digits import DigitsSource, GlyphSource
 
+    batch = batch_size(cfg, part)
     if part == "pretrain":
-        p = cfg.pretrain
-        src = GlyphSource("train", num_images=p.optim.batch_size, size=p.image_size,
-                          canvas=cfg.data.image_size)
-        size, batch = p.image_size, p.optim.batch_size
+        size = cfg.pretrain.image_size
+        src = GlyphSource("train", num_images=batch, size=size, canvas=cfg.data.image_size)
     else:
-        batch = {"cues": cfg.cues.optim.batch_size, "dsrg": cfg.dsrg.optim.batch_size,
-                 "retrain": cfg.retrain.optim.batch_size, "predict": cfg.eval.batch_size}[part]
-        src = DigitsSource("train", num_images=batch, seed=0, size=cfg.data.input_size)
         size = cfg.data.input_size
+        src = DigitsSource("train", num_images=batch, seed=0, size=size)
     exs = [src[i] for i in range(batch)]
     images = np.stack([T.warp(e, size).image for e in exs]).astype(np.uint8)
     labels = np.stack([e.labels for e in exs]).astype(bool)
@@ -95,9 +103,7 @@ def build(cfg, part: str, mesh):
         return lambda: _timed(lambda: predict(*args))
     params = dict(variables)
     params, frozen = params.pop("params"), params
-    optim = {"pretrain": cfg.pretrain, "cues": cfg.cues, "dsrg": cfg.dsrg,
-             "retrain": cfg.retrain}[part].optim
-    tx = caffe_sgd(params, optim)
+    tx = caffe_sgd(params, _optim(cfg, part))
     state = {"s": replicate(S.create_state(params, tx, frozen=frozen, seed=1), mesh)}
     if part in ("pretrain", "cues"):
         step = S.make_cam_train_step(model, tx, conv, mesh, single_label=part == "pretrain")
@@ -153,10 +159,7 @@ def main(argv=None) -> None:
                 blocks[n].append(statistics.median(ts))
                 times[n] += ts
         med = {n: 1e3 * statistics.median(t) for n, t in times.items()}
-        batch = {"pretrain": cfg.pretrain.optim.batch_size, "cues": cfg.cues.optim.batch_size,
-                 "dsrg": cfg.dsrg.optim.batch_size, "retrain": cfg.retrain.optim.batch_size,
-                 "predict": cfg.eval.batch_size}[part]
-        print(f"| {part} | {batch} | {med[1]:.0f} | {med[args.devices]:.0f} | "
+        print(f"| {part} | {batch_size(cfg, part)} | {med[1]:.0f} | {med[args.devices]:.0f} | "
               f"{med[1] / med[args.devices]:.2f}x | "
               f"{' '.join(f'{1e3 * b:.0f}' for b in blocks[1])} / "
               f"{' '.join(f'{1e3 * b:.0f}' for b in blocks[args.devices])} |", flush=True)
