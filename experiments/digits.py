@@ -1,8 +1,8 @@
 """The whole DSRG pipeline on the embedded digits dataset, on a CPU, from scratch.
 
-    python -m experiments.digits                 # full run (6-14 minutes on 2 CPU cores)
-    python -m experiments.digits --quick         # reduced run (3-5 minutes)
-    python -m experiments.digits --ablation --seeds 3   # + the paper's ablation, 3 seeds
+    python -m experiments.digits                 # full run (7-14 minutes on 2 CPU cores)
+    python -m experiments.digits --quick         # reduced run (2.5-5 minutes)
+    python -m experiments.digits --ablation --seeds 3   # + the paper's ablation, 3 seeds (33 min)
 
 Writes WORKDIR/results.json ({"miou": {"cues", "dsrg", "retrain"}, "supervision": [...]}),
 WORKDIR/figures/*.png, metrics.jsonl, TensorBoard events and checkpoints; rerunning with the same
