@@ -26,14 +26,18 @@ def _env():
     return env
 
 
-def _with_pretrain_of(source, workdir):
-    """Seeds a fresh workdir with `source`'s finished pretrain stage (its trunk and done marker,
-    not its checkpoints), so a test's own quick run skips the two-minute stage whose equality
-    across device and process counts the cues stage (the same train step) already shows."""
+def _with_stages_of(source, workdir, stages=("pretrain",)):
+    """Seeds a fresh workdir with `source`'s finished `stages` (each stage's folder and done
+    marker, not its checkpoints; the cues stage also its cue file), so a test's own quick run
+    skips them: the two-minute pretrain stage, whose equality across device and process counts
+    the cues stage (the same train step) already shows, and for a test of one layout the cues."""
     import shutil
 
-    shutil.copytree(source / "pretrain", workdir / "pretrain",
-                    ignore=shutil.ignore_patterns("checkpoints"))
+    for stage in stages:
+        shutil.copytree(source / stage, workdir / stage,
+                        ignore=shutil.ignore_patterns("checkpoints"))
+        if stage == "cues":
+            shutil.copy2(source / "cues.npz", workdir / "cues.npz")
     return workdir
 
 
@@ -188,7 +192,7 @@ def test_rerun_skips_finished_stages(quick_run):
 
 def test_sigterm_then_rerun_gives_the_same_results(quick_run, tmp_path):
     reference = json.loads((quick_run[0] / "results.json").read_text())
-    workdir = _with_pretrain_of(quick_run[0], tmp_path / "run")
+    workdir = _with_stages_of(quick_run[0], tmp_path / "run", ("pretrain", "cues"))
     proc = subprocess.Popen(_cmd(workdir), cwd=REPO, env=_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     metrics = workdir / "metrics.jsonl"
@@ -258,7 +262,7 @@ def test_one_device_gives_the_numbers_of_eight(quick_run, tmp_path):
     eight = quick_run[0]
     env = _env()
     env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
-    one = _with_pretrain_of(eight, tmp_path / "one")
+    one = _with_stages_of(eight, tmp_path / "one")
     proc = subprocess.run(_cmd(one), cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -383,26 +387,18 @@ def _same_files(a, b, pattern, min_agreement=0.97):
     assert same / total >= min_agreement, (pattern, same / total)
 
 
-def test_two_processes_give_the_numbers_and_files_of_one(quick_run, tmp_path):
-    """2 JAX processes x 4 CPU devices on 127.0.0.1 form one 8-device mesh: the same mIoU, the
-    same losses (to the 1-vs-8-device tolerance) and the same cue file, pseudo-labels and
-    predictions, file by file, as 1 process x 8 devices."""
+def test_two_processes_stopped_by_sigterm_to_one_resume_to_the_numbers_and_files_of_one(
+        quick_run, tmp_path):
+    """2 JAX processes x 4 CPU devices on 127.0.0.1 form one 8-device mesh. SIGTERM to one of
+    them in the dsrg stage stops both (each saves), and the rerun resumes and ends with the same
+    mIoU, the same losses (to the 1-vs-8-device tolerance) and the same cue file, pseudo-labels
+    and predictions, file by file, as the uninterrupted 1 process x 8 devices. (One run for both
+    facts: a resume is exact, shown on one process by
+    test_sigterm_then_rerun_gives_the_same_results, and measured here too: the interrupted 2 x 4
+    run ended with the uninterrupted 2 x 4 run's numbers to every digit, CAM 28.03, DSRG 16.86,
+    retrain 14.08.)"""
     eight = quick_run[0]
-    results = _finish(_start_hosts(_with_pretrain_of(eight, tmp_path / "two")))
-    for rc, out, err in results:
-        assert rc == 0, out[-2000:] + err[-3000:]
-    assert "devices: 8 (cpu), processes: 2" in results[0][1]
-    _agree_across_layouts(eight, tmp_path / "two")
-    # The cue stage's runs part after step ~100 (`_agree_across_layouts`): 1 x 1 against 1 x 8
-    # 94.4% of the cue cells alike (before the CAM classifier's 10x rate: 2 x 4 97.8%).
-    _same_files(eight, tmp_path / "two", "cues.npz", min_agreement=0.90)
-    _same_files(eight, tmp_path / "two", "pseudo_labels/*.png")
-    _same_files(eight, tmp_path / "two", "eval/*/predictions/*.png")
-
-
-def test_sigterm_to_one_of_two_processes_stops_both_and_the_rerun_resumes(quick_run, tmp_path):
-    reference = json.loads((quick_run[0] / "results.json").read_text())
-    workdir = _with_pretrain_of(quick_run[0], tmp_path / "run")
+    workdir = _with_stages_of(eight, tmp_path / "two")
     procs = _start_hosts(workdir)
     metrics = workdir / "metrics.jsonl"
     deadline = time.time() + 600
@@ -412,20 +408,20 @@ def test_sigterm_to_one_of_two_processes_stops_both_and_the_rerun_resumes(quick_
         time.sleep(0.5)
     procs[1].send_signal(signal.SIGTERM)          # the host that does not write the logs
     results = _finish(procs, timeout=300)
-    for rc, _, err in results:
-        assert rc == 128 + signal.SIGTERM, err[-3000:]
+    for rc, out, err in results:
+        assert rc == 128 + signal.SIGTERM, out[-2000:] + err[-3000:]
     assert "SIGTERM: saved stage 'dsrg'" in results[0][2]
     rerun = _finish(_start_hosts(workdir))
-    for rc, _, err in rerun:
-        assert rc == 0, err[-3000:]
+    for rc, out, err in rerun:
+        assert rc == 0, out[-2000:] + err[-3000:]
+    assert "devices: 8 (cpu), processes: 2" in rerun[0][1]
     assert "[dsrg] resumed from checkpoint at step" in rerun[0][1]
-    # The same numbers as the uninterrupted run up to the layout difference (2 processes here,
-    # 1 x 8 devices there; `_agree_across_layouts`); the exact resume is shown on one process
-    # by test_sigterm_then_rerun_gives_the_same_results.
-    res = json.loads((workdir / "results.json").read_text())
-    assert res["miou"]["cues"] == pytest.approx(reference["miou"]["cues"], abs=0.01)
-    for key in ("dsrg", "retrain"):
-        assert res["miou"][key] == pytest.approx(reference["miou"][key], abs=0.03), key
+    _agree_across_layouts(eight, workdir)
+    # The cue stage's runs part after step ~100 (`_agree_across_layouts`): 1 x 1 against 1 x 8
+    # 94.4% of the cue cells alike (before the CAM classifier's 10x rate: 2 x 4 97.8%).
+    _same_files(eight, workdir, "cues.npz", min_agreement=0.90)
+    _same_files(eight, workdir, "pseudo_labels/*.png")
+    _same_files(eight, workdir, "eval/*/predictions/*.png")
 
 
 SPLIT_SCRIPT = r"""
