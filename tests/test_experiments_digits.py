@@ -485,8 +485,8 @@ def test_tensorboard_reads_every_stage_and_the_growth_grids(quick_run):
     acc.Reload()
     assert "supervision_recall" in acc.Tags()["scalars"]
     grids = acc.Images("cues_grown_prediction")
-    every = 30   # the quick config's run.image_log_every, over its 100 dsrg steps
-    assert [g.step for g in grids] == list(range(every, 101, every))
+    every = 30   # the quick config's run.image_log_every, over its 120 dsrg steps
+    assert [g.step for g in grids] == list(range(every, 121, every))
     assert grids[0].width == 3 * 15 and grids[0].height == 4 * 15   # 4 images x 3 panels
 
 
