@@ -396,9 +396,9 @@ def test_two_processes_stopped_by_sigterm_to_one_resume_to_the_numbers_and_files
     mIoU, the same losses (to the 1-vs-8-device tolerance) and the same cue file, pseudo-labels
     and predictions, file by file, as the uninterrupted 1 process x 8 devices. (One run for both
     facts: a resume is exact, shown on one process by
-    test_sigterm_then_rerun_gives_the_same_results, and measured here too: the interrupted 2 x 4
-    run ended with the uninterrupted 2 x 4 run's numbers to every digit, CAM 28.03, DSRG 16.86,
-    retrain 14.08.)"""
+    test_sigterm_then_rerun_gives_the_same_results, and measured here too, with the earlier 100
+    dsrg steps: the interrupted 2 x 4 run ended with the uninterrupted 2 x 4 run's numbers to
+    every digit, CAM 28.03, DSRG 16.86, retrain 14.08.)"""
     eight = quick_run[0]
     workdir = _with_stages_of(eight, tmp_path / "two")
     procs = _start_hosts(workdir)
