@@ -5,10 +5,10 @@ What differs from VOC and why (everything else is the official default):
     8-11 px strokes, 2.3-2.9 output cells; about 25% foreground) used as they are (no 321
     warp), 11 classes; no saliency maps, so the background cue is the low-CAM fallback; no flips
     (a mirrored digit is not a digit);
-  - time: the 10-minute main run and the 60-minute 3-seed ablation (22 DSRG trainings) on 2 CPU
-    cores set the step counts: dsrg and retrain 150 steps of 20 images (one epoch; a DSRG step
-    takes ~0.54 s here). The ASPP branches are 64 wide (half the CAM head; the step's time
-    barely depends on it: 0.56 s at 128);
+  - time: the 10-minute main run and the 60-minute 3-seed ablation (24 DSRG trainings) on 2 CPU
+    cores set the step counts: dsrg and retrain 150 steps of 20 images (one epoch; measured: the
+    main run 6 min 45 s, the whole ablation command 32.6 min, docs/results.md). The ASPP
+    branches are 64 wide (half the CAM head; the step's time barely depends on it);
   - "ImageNet": there are no pretrained weights for the small nets, so a `pretrain` stage first
     trains a 10-way classifier on single-digit crops (image-level labels only, the train split's
     digit pool, `GlyphSource`); its trunk initialises the CAM, DSRG and retrain nets, as the
